@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 export MPLBACKEND := Agg
 
-.PHONY: install demo test test-fast test-slow lab export bench-loader clean
+.PHONY: install demo test test-fast test-slow lab export bench-loader clean browser
 
 $(STAMP): settings.ini setup.py
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -23,10 +23,17 @@ $(STAMP): settings.ini setup.py
 install: $(STAMP)
 
 demo: install
-	$(BIN)/mkd-train --method sup --dataset synthetic --iters 300 --eval-every 100 --out outputs/demo
+	$(BIN)/mkd-train --method sup --dataset synthetic --labeled 1/8 --crop 96 --batch-size 8 --lr 0.02 --iters 300 --eval-every 100 --set decoder_channels=64 --out outputs/demo --resume auto
+
+# Debian's chromium for tests/test_viewer_browser.py (Playwright drives it; `playwright install` is never used).
+# Installed when we are root with apt; otherwise the browser test skips and says how to enable it (under CI=true it fails).
+browser:
+	@command -v chromium >/dev/null 2>&1 || (test "$$(id -u)" = 0 && command -v apt-get >/dev/null && \
+	  (apt-get install -y -q chromium >/dev/null || (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null))) || \
+	  echo "note: chromium not installed (needs root + apt); the browser test will skip"
 
 # nbdev_test runs the test cells of every notebook; pytest runs tests/ and its summary closes the output.
-test: install
+test: install browser
 	$(BIN)/nbdev_test --n_workers 2 --timing
 	$(BIN)/python -m pytest tests -q -p no:cacheprovider
 
