@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 export MPLBACKEND := Agg
 
-.PHONY: install demo test test-fast test-slow lab export bench-loader clean browser
+.PHONY: install demo test test-fast test-slow results results-table lab export bench-loader clean browser
 
 $(STAMP): settings.ini setup.py
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -40,6 +40,14 @@ test: install browser
 test-slow: install
 	$(BIN)/nbdev_test --n_workers 1 --flags slow --timing
 	$(BIN)/python -m pytest tests -q -p no:cacheprovider --run-slow
+
+# The camvid-cpu benchmark: runs (or resumes) every unfinished cell, then rewrites results/camvid-cpu/ and RESULTS.md.
+# Hours on a 2-core CPU; interrupt at will, run again to continue. `results-table` only re-renders from the finished runs.
+results: install
+	$(BIN)/nbdev_test --path nbs/13_ablations.ipynb --flags results --timing
+
+results-table: install
+	$(BIN)/mkd-bench table --protocol camvid-cpu --out results/camvid-cpu --results-md RESULTS.md --render-only
 
 lab: install
 	$(BIN)/jupyter lab --ip 127.0.0.1 --no-browser --notebook-dir nbs
