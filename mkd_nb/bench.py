@@ -20,7 +20,7 @@ __all__ = ['PROTOCOLS', 'reset_peak', 'peak_mib', 'bench_step', 'stand_in_teache
            'bench_loader', 'write_results', 'bench_flops', 'cell_name', 'protocol_cells', 'select_cells',
            'cell_command', 'need_path', 'protocol_root', 'cell_config', 'cell_status', 'cell_done', 'run_cells',
            'table_row', 'collect_table', 'paired_diff', 'mgd_summary', 'check_targets', 'render_table_md', 'plot_table',
-           'write_table', 'render_results_md', 'mkd_bench', 'main']
+           'write_table', 'render_results_md', 'plan_cells', 'mkd_bench', 'main']
 
 # %% ../nbs/12_bench.ipynb #698b5439
 def reset_peak(device):
@@ -776,6 +776,40 @@ def render_results_md(t: dict, out, at='.') -> str:
     if notes.exists(): L += ['## Notes', '', notes.read_text().strip(), '']
     return '\n'.join(L)
 
+# %% ../nbs/12_bench.ipynb #50072402
+def plan_cells(protocol: str, cells: list, out) -> list:
+    "For each of `cells`: {'name', 'status', 'est_s', 'basis'}; `est_s` estimates the wall time of an unfinished cell (None: no basis)."
+    out = Path(out)
+    key = lambda c: (c['method'],) + (lambda m: (m.encoder, m.decoder_channels))(cell_config(protocol, c, out=out).model)
+    walls = {}
+    for c in protocol_cells(protocol):
+        m = cell_done(protocol, c, out)
+        if m and m.get('wall_time_s'): walls.setdefault(key(c), []).append(m['wall_time_s'])
+    try: ratio = {r['method']: r['time_vs_sup'] for r in json.loads((out / 'step-cpu.json').read_text()) if r.get('time_vs_sup')}
+    except (FileNotFoundError, json.JSONDecodeError): ratio = {}
+    base = PROTOCOLS[protocol]['cfg']
+    res = []
+    for c in cells:
+        st, k = cell_status(protocol, c, out)[0], key(c)
+        est, basis = None, None
+        if st != 'done':
+            sup = walls.get(('sup',) + k[1:])
+            if k in walls:
+                est, basis = statistics.median(walls[k]), f"median of {len(walls[k])} finished {c['method']} cell(s)"
+            elif sup and c['method'] in ratio and k[1:] == (base['encoder'], base['decoder_channels']):
+                est, basis = ratio[c['method']] * statistics.median(sup), f"sup cells x {ratio[c['method']]:.2f} (step-time table)"
+        res.append(dict(name=c['name'], status=st, est_s=est, basis=basis))
+    return res
+
+def _plan_lines(plan: list, jobs: int) -> list:
+    L = [f"{p['status']:6s} {p['name']:44s}" + ('' if p['est_s'] is None else f" ~{p['est_s'] / 60:4.0f} min  ({p['basis']})") for p in plan]
+    todo = [p for p in plan if p['status'] != 'done']
+    known = sum(p['est_s'] for p in todo if p['est_s'] is not None)
+    unknown = sum(p['est_s'] is None for p in todo)
+    L.append(f"{len(todo)} of {len(plan)} cells to run: about {known / 3600:.1f} cell-hours" + (f" plus {unknown} without an estimate" if unknown else '')
+             + f"; with --jobs {jobs}, about {known / 3600 / jobs:.1f} h of wall time")
+    return L
+
 # %% ../nbs/12_bench.ipynb #313b390d
 def _teacher_models(protocol: Optional[str], student: ModelConfig, deep_encoder: str, wide_encoder: str) -> tuple:
     "(deep, wide) teacher model configs: the protocol's MGD teacher rows if it has them, else the student's network with the given encoders."
@@ -787,7 +821,7 @@ def _teacher_models(protocol: Optional[str], student: ModelConfig, deep_encoder:
         return tuple(cell_config(protocol, first[n], out='.').model for n in names)
     return tuple(dataclasses.replace(student, encoder=e.split(',')[0]) for e in (deep_encoder, wide_encoder))
 
-# %% ../nbs/12_bench.ipynb #f215cdf8
+# %% ../nbs/12_bench.ipynb #b9724cd6
 def mkd_bench(   # no @call_parse: under `python -m mkd_nb.bench` it would parse sys.argv at import and skip main()
     what:str,                 # step, loader, flops, settings or table
     method:str='sup,mt,cps,unimatch,mkd,mgd', # comma-separated methods (step; mgd against stand-in teachers)
@@ -818,7 +852,7 @@ def mkd_bench(   # no @call_parse: under `python -m mkd_nb.bench` it would parse
     seeds:str=None,           # table: comma-separated seeds to run (0,1)
     jobs:int=1,               # table: cells run at the same time
     render_only:bool=False,   # table: only collect finished cells and write the tables and plots
-    plan:bool=False,          # table: list the cells and whether they are finished, run nothing
+    plan:bool=False,          # table: list the cells, whether they are finished and how long the rest should take; run nothing
     results_md:str=None,      # table: also write this RESULTS.md
     out:str=None,             # output folder [results/bench, or results/<protocol> for table]
 ):
@@ -832,7 +866,7 @@ def mkd_bench(   # no @call_parse: under `python -m mkd_nb.bench` it would parse
         if not protocol: raise ConfigError('protocol', f"the table needs --protocol; valid: {', '.join(PROTOCOLS)}")
         cells = select_cells(protocol_cells(protocol), only, shard, parts, seeds)
         if plan:
-            for c in cells: print(f"{cell_status(protocol, c, out)[0]:6s} {c['name']}")
+            print('\n'.join(_plan_lines(plan_cells(protocol, cells, out), jobs)))
             return cells
         if not render_only:
             res = run_cells(protocol, cells, out, protocol_root(protocol, root), jobs=jobs, threads=threads)
