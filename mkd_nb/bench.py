@@ -589,7 +589,7 @@ def mgd_summary(protocol: str, table: list) -> Optional[dict]:
                 # share of the student-to-teacher distance MGD covers: (MGD - supervised student) / (best teacher - supervised student)
                 gap_closed=None if None in (mgd, sup, best_t) or best_t <= sup else (mgd - sup) / (best_t - sup))
 
-# %% ../nbs/12_bench.ipynb #9542d438
+# %% ../nbs/12_bench.ipynb #e170c12e
 def check_targets(t: dict, main: str = 'mkd', base: str = 'sup', peers=('mt', 'cps', 'unimatch')) -> list:
     "The benchmark's targets on table `t`: [{'target', 'value', 'met', 'paired'}] with `met` True, False or None (not enough cells)."
     get = lambda row, part: table_row(t['rows'], row, part, finished=True)
@@ -677,8 +677,10 @@ def render_table_md(t: dict) -> str:
               for r in head]
     done = [r for r in t['rows'] if r['n']]
     if done:
-        L += ['', '| row | part | seeds | wall time per run (min) | pseudo-label mIoU on unlabeled, end (%) |', '|---|---|---|---|---|']
-        L += [f"| {r['row']} | {r['part']} | {','.join(map(str, r['seeds']))} | {(r['wall_time_s_mean'] or 0) / 60:.1f} | "
+        L += ['', 'Every finished run: val mIoU per seed (seed: mIoU; seed s is the same labeled split in every row), wall time and the '
+              'teachers\' final pseudo-label mIoU on the unlabeled images (mean over seeds):', '',
+              '| row | part | val mIoU per seed | wall time per run (min) | pseudo-label mIoU on unlabeled, end (%) |', '|---|---|---|---|---|']
+        L += [f"| {r['row']} | {r['part']} | {', '.join(f'{s}: {v:.1f}' for s, v in zip(r['seeds'], r['miou_seeds']))} | {(r['wall_time_s_mean'] or 0) / 60:.1f} | "
               f"{'–' if r['pl_miou_final'] is None else format(r['pl_miou_final'], '.1f')} |" for r in done]
     m = t['machine']
     L += ['', f"{len(t['cells'])} runs, {t['compute_s'] / 3600:.2f} h of training in all; machine: {m['processor']}, {m['cpus']} CPUs, "
