@@ -778,41 +778,61 @@ def render_results_md(t: dict, out, at='.') -> str:
     if notes.exists(): L += ['## Notes', '', notes.read_text().strip(), '']
     return '\n'.join(L)
 
-# %% ../nbs/12_bench.ipynb #50072402
+# %% ../nbs/12_bench.ipynb #a2360960
+def _lock_held(d: Path) -> bool:
+    "Whether another process holds the training lock of cell folder `d`."
+    import fcntl
+    if not (d / '.lock').exists(): return False
+    fd = os.open(d / '.lock', os.O_RDONLY)
+    try: fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB); return False
+    except BlockingIOError: return True
+    finally: os.close(fd)
+
 def plan_cells(protocol: str, cells: list, out) -> list:
     "For each of `cells`: {'name', 'status', 'est_s', 'basis'}; `est_s` estimates the wall time of an unfinished cell (None: no basis)."
     out = Path(out)
-    key = lambda c: (c['method'],) + (lambda m: (m.encoder, m.decoder_channels))(cell_config(protocol, c, out=out).model)
-    walls = {}
-    for c in protocol_cells(protocol):
+    net = lambda c: (lambda m: (m.encoder, m.decoder_channels))(cell_config(protocol, c, out=out).model)
+    all_cells = protocol_cells(protocol)
+    by_row, by_net = {}, {}
+    for c in all_cells:
         m = cell_done(protocol, c, out)
-        if m and m.get('wall_time_s'): walls.setdefault(key(c), []).append(m['wall_time_s'])
+        if m and m.get('wall_time_s'):
+            by_row.setdefault(c['row'], []).append(m['wall_time_s']); by_net.setdefault((c['method'],) + net(c), []).append(m['wall_time_s'])
     try: ratio = {r['method']: r['time_vs_sup'] for r in json.loads((out / 'step-cpu.json').read_text()) if r.get('time_vs_sup')}
     except (FileNotFoundError, json.JSONDecodeError): ratio = {}
-    base = PROTOCOLS[protocol]['cfg']
+    own = net(next(c for c in all_cells if c['method'] == 'sup'))      # the protocol's own network
+    import math
     res = []
     for c in cells:
-        st, k = cell_status(protocol, c, out)[0], key(c)
+        st, k = cell_status(protocol, c, out)[0], (c['method'],) + net(c)
+        if st == 'todo' and _lock_held(out / 'runs' / c['name']): st = 'running'
         est, basis = None, None
-        if st != 'done':
-            sup = walls.get(('sup',) + k[1:])
-            if k in walls:
-                est, basis = statistics.median(walls[k]), f"median of {len(walls[k])} finished {c['method']} cell(s)"
-            elif sup and c['method'] in ratio and k[1:] == (base['encoder'], base['decoder_channels']):
-                est, basis = ratio[c['method']] * statistics.median(sup), f"sup cells x {ratio[c['method']]:.2f} (step-time table)"
+        if st in ('todo', 'running'):
+            refs = [m for m in ratio if m != c['method'] and (m,) + own in by_net]
+            if c['row'] in by_row:
+                w = by_row[c['row']]; est, basis = statistics.median(w), f"median of {len(w)} finished cell(s) of this row"
+            elif k in by_net:
+                w = by_net[k]; est, basis = statistics.median(w), f"median of {len(w)} finished {c['method']} cell(s)"
+            elif k[1:] == own and c['method'] in ratio and refs:
+                ref = min(refs, key=lambda m: abs(math.log(ratio[c['method']] / ratio[m])))
+                est = ratio[c['method']] / ratio[ref] * statistics.median(by_net[(ref,) + own])
+                basis = f"{ref} cells x {ratio[c['method']] / ratio[ref]:.2f} (step-time table)"
         res.append(dict(name=c['name'], status=st, est_s=est, basis=basis))
     return res
 
 def _plan_lines(plan: list, jobs: int) -> list:
-    L = [f"{p['status']:6s} {p['name']:44s}" + ('' if p['est_s'] is None else f" ~{p['est_s'] / 60:4.0f} min  ({p['basis']})") for p in plan]
-    todo = [p for p in plan if p['status'] != 'done']
-    known = sum(p['est_s'] for p in todo if p['est_s'] is not None)
-    unknown = sum(p['est_s'] is None for p in todo)
-    L.append(f"{len(todo)} of {len(plan)} cells to run: about {known / 3600:.1f} cell-hours" + (f" plus {unknown} without an estimate" if unknown else '')
-             + f"; with --jobs {jobs}, about {known / 3600 / jobs:.1f} h of wall time")
+    if jobs < 1: raise ConfigError('jobs', f'--jobs must be at least 1, not {jobs}')
+    L = [f"{p['status']:7s} {p['name']:44s}" + ('' if p['est_s'] is None else f" ~{p['est_s'] / 60:4.0f} min  ({p['basis']})") for p in plan]
+    todo, count = [p for p in plan if p['status'] == 'todo'], lambda st: sum(p['status'] == st for p in plan)
+    est = [p['est_s'] for p in todo if p['est_s'] is not None]
+    unknown = len(todo) - len(est)
+    L.append(f"{len(todo)} of {len(plan)} cells to run ({count('done')} done, {count('running')} running elsewhere, {count('stale')} stale): "
+             f"about {sum(est) / 3600:.1f} cell-hours" + (f" plus {unknown} without an estimate" if unknown else '') +
+             f"; with --jobs {jobs}, at least {max(sum(est) / jobs, max(est, default=0)) / 3600:.1f} h of wall time "
+             f"(estimates from cells run two at a time, one thread each)")
     return L
 
-# %% ../nbs/12_bench.ipynb #313b390d
+# %% ../nbs/12_bench.ipynb #b51ae92c
 def _teacher_models(protocol: Optional[str], student: ModelConfig, deep_encoder: str, wide_encoder: str) -> tuple:
     "(deep, wide) teacher model configs: the protocol's MGD teacher rows if it has them, else the student's network with the given encoders."
     import dataclasses
@@ -823,7 +843,15 @@ def _teacher_models(protocol: Optional[str], student: ModelConfig, deep_encoder:
         return tuple(cell_config(protocol, first[n], out='.').model for n in names)
     return tuple(dataclasses.replace(student, encoder=e.split(',')[0]) for e in (deep_encoder, wide_encoder))
 
-# %% ../nbs/12_bench.ipynb #b9724cd6
+def _with_teachers(method: str, kw: dict, protocol: Optional[str], deep_encoder: str, wide_encoder: str, tmp, num_classes: int) -> dict:
+    "`kw`, plus stand-in checkpoints (in folder `tmp`) for each teacher an `mgd` timing run was not given."
+    given = lambda k: kw.get(k) or kw.get(f'method.{k}')
+    if method != 'mgd' or all(given(k) for k in _MGD_TEACHERS): return kw
+    student = make_config('sup', check=False, **{k: v for k, v in kw.items() if 'teacher' not in k}).model
+    st = stand_in_teachers(tmp, num_classes, *_teacher_models(protocol, student, deep_encoder, wide_encoder))
+    return {**kw, **{k: v for k, v in st.items() if not given(k)}}
+
+# %% ../nbs/12_bench.ipynb #ab8330ae
 def mkd_bench(   # no @call_parse: under `python -m mkd_nb.bench` it would parse sys.argv at import and skip main()
     what:str,                 # step, loader, flops, settings or table
     method:str='sup,mt,cps,unimatch,mkd,mgd', # comma-separated methods (step; mgd against stand-in teachers)
@@ -887,9 +915,7 @@ def mkd_bench(   # no @call_parse: under `python -m mkd_nb.bench` it would parse
             kw = dict(dict(encoder=encoder, arch=arch, crop=crop, batch_size=batch_size), **pkw)
             kw = dict(kw, device=device, amp=amp, iters=1000, **extra)
             if scl_weight and m in ('mt', 'mkd'): kw['scl_weight'] = scl_weight
-            if m == 'mgd' and not kw.get('teacher_deep'):
-                kw.update(stand_in_teachers(tmp.name, num_classes, *_teacher_models(protocol, make_config('sup', **kw).model,
-                                                                                      deep_encoder, wide_encoder)))
+            kw = _with_teachers(m, kw, protocol, deep_encoder, wide_encoder, tmp.name, num_classes)
             r = bench_step(make_config(m, **kw), num_classes=num_classes, steps=steps)
             print(f"{m:9s} step {r['step_s']*1000:8.1f} ms  bare passes {r['bare_s']*1000:8.1f} ms  overhead {100*r['overhead_frac']:5.1f} %  "
                   f"peak {r['peak_mib'] or float('nan'):7.0f} MiB  {r['images_per_s']:.1f} img/s")
@@ -919,11 +945,14 @@ def mkd_bench(   # no @call_parse: under `python -m mkd_nb.bench` it would parse
         return write_results(rows, out, 'flops', ['role', 'encoder', 'size', 'params_M', 'enc_params_M', 'gflops', 'enc_gflops',
                                                   'img_per_s'] + ratios)
     if what == 'settings':
-        rows = []
+        import tempfile
+        rows, tmp = [], tempfile.TemporaryDirectory(prefix='mkd-bench-')
+        num_classes = PROTOCOLS[protocol]['num_classes'] if protocol else 11
         for m in method.split(','):
             kw = dict(dict(encoder=encoder, arch=arch, crop=crop, batch_size=batch_size), **pkw)
+            skw = _with_teachers(m, dict(kw, device=device, amp=amp, iters=1000, **extra), protocol, deep_encoder, wide_encoder, tmp.name, num_classes)
             rs = bench_settings(m, threads=(1, threads) if threads and threads > 1 else (1, None), compile=(False, True) if compile else (False,),
-                                steps=steps, rounds=rounds, **dict(kw, device=device, amp=amp, iters=1000, **extra))
+                                steps=steps, rounds=rounds, num_classes=num_classes, **skw)
             if pair: rs.append(bench_pair(m, rs, protocol, steps, dict(kw, amp=amp), extra, device))
             for r in rs:
                 print(f"{m:9s} threads {r['threads']}  channels_last {int(r['channels_last'])}  compile {int(r['compile'])}  "

@@ -3,9 +3,10 @@
 For each dataset: two one-iteration teacher runs of `mkd-train` (deep: ResNet-34; wide: ResNet-18 with a wider decoder,
 so that student and wide-teacher features differ in size as in the real setting), then an MGD run that reads both
 `last.pt` files. CamVid is the real copy (a few images through split files); VOC and Cityscapes are tiny trees in their
-published layouts; `folder` is images/ + masks/. The MGD run must finish, log its three distillation terms, and report the
-teachers' fingerprints as those of the checkpoints, which training must not have changed. One dataset goes through the
-console entry point, the way a user types it; the synthetic data's run is in `nbs/08a_mgd.ipynb`."""
+published layouts; `folder` is images/ + masks/. The MGD run must finish, log its three distillation terms, evaluate, and
+record which teachers it read (path and weight fingerprint, as a resumed run checks them). That training never changes the
+teachers' weights is tested bit for bit on the method in `nbs/08a_mgd.ipynb`, where the synthetic data's run also is. One
+dataset goes through the console entry point, the way a user types it."""
 import json
 import sys
 
