@@ -778,7 +778,7 @@ def render_results_md(t: dict, out, at='.') -> str:
     if notes.exists(): L += ['## Notes', '', notes.read_text().strip(), '']
     return '\n'.join(L)
 
-# %% ../nbs/12_bench.ipynb #a2360960
+# %% ../nbs/12_bench.ipynb #13bb37e7
 def _lock_held(d: Path) -> bool:
     "Whether another process holds the training lock of cell folder `d`."
     import fcntl
@@ -790,21 +790,23 @@ def _lock_held(d: Path) -> bool:
 
 def plan_cells(protocol: str, cells: list, out) -> list:
     "For each of `cells`: {'name', 'status', 'est_s', 'basis'}; `est_s` estimates the wall time of an unfinished cell (None: no basis)."
-    out = Path(out)
-    net = lambda c: (lambda m: (m.encoder, m.decoder_channels))(cell_config(protocol, c, out=out).model)
-    all_cells = protocol_cells(protocol)
+    import math
+    out, all_cells, nets = Path(out), protocol_cells(protocol), {}
+    def net(c):   # (encoder, decoder width): fixed by the row
+        if c['row'] not in nets: nets[c['row']] = (lambda m: (m.encoder, m.decoder_channels))(cell_config(protocol, c, out=out).model)
+        return nets[c['row']]
+    status = {c['name']: cell_status(protocol, c, out) for c in all_cells}
     by_row, by_net = {}, {}
     for c in all_cells:
-        m = cell_done(protocol, c, out)
-        if m and m.get('wall_time_s'):
+        st, m = status[c['name']]
+        if st == 'done' and m.get('wall_time_s'):
             by_row.setdefault(c['row'], []).append(m['wall_time_s']); by_net.setdefault((c['method'],) + net(c), []).append(m['wall_time_s'])
     try: ratio = {r['method']: r['time_vs_sup'] for r in json.loads((out / 'step-cpu.json').read_text()) if r.get('time_vs_sup')}
     except (FileNotFoundError, json.JSONDecodeError): ratio = {}
     own = net(next(c for c in all_cells if c['method'] == 'sup'))      # the protocol's own network
-    import math
     res = []
     for c in cells:
-        st, k = cell_status(protocol, c, out)[0], (c['method'],) + net(c)
+        st, k = status[c['name']][0], (c['method'],) + net(c)
         if st == 'todo' and _lock_held(out / 'runs' / c['name']): st = 'running'
         est, basis = None, None
         if st in ('todo', 'running'):
@@ -832,13 +834,12 @@ def _plan_lines(plan: list, jobs: int) -> list:
              f"(estimates from cells run two at a time, one thread each)")
     return L
 
-# %% ../nbs/12_bench.ipynb #b51ae92c
+# %% ../nbs/12_bench.ipynb #1a87bd89
 def _teacher_models(protocol: Optional[str], student: ModelConfig, deep_encoder: str, wide_encoder: str) -> tuple:
     "(deep, wide) teacher model configs: the protocol's MGD teacher rows if it has them, else the student's network with the given encoders."
     import dataclasses
-    names = [n for n in _MGD_TEACHERS.values()] if protocol else []
-    rows = {r['name'] for r in PROTOCOLS[protocol]['rows']} if protocol else set()
-    if names and all(n in rows for n in names):
+    names = list(_MGD_TEACHERS.values())
+    if protocol and set(names) <= {r['name'] for r in PROTOCOLS[protocol]['rows']}:
         first = {c['row']: c for c in protocol_cells(protocol)}
         return tuple(cell_config(protocol, first[n], out='.').model for n in names)
     return tuple(dataclasses.replace(student, encoder=e.split(',')[0]) for e in (deep_encoder, wide_encoder))
@@ -851,7 +852,7 @@ def _with_teachers(method: str, kw: dict, protocol: Optional[str], deep_encoder:
     st = stand_in_teachers(tmp, num_classes, *_teacher_models(protocol, student, deep_encoder, wide_encoder))
     return {**kw, **{k: v for k, v in st.items() if not given(k)}}
 
-# %% ../nbs/12_bench.ipynb #ab8330ae
+# %% ../nbs/12_bench.ipynb #9167bd02
 def mkd_bench(   # no @call_parse: under `python -m mkd_nb.bench` it would parse sys.argv at import and skip main()
     what:str,                 # step, loader, flops, settings or table
     method:str='sup,mt,cps,unimatch,mkd,mgd', # comma-separated methods (step; mgd against stand-in teachers)
@@ -907,10 +908,11 @@ def mkd_bench(   # no @call_parse: under `python -m mkd_nb.bench` it would parse
             raise SystemExit(f"mkd-bench: {len(res['blocked'])} cell(s) blocked by a missing teacher: {', '.join(res['blocked'])}")
         return t
     pkw = {k: v for k, v in PROTOCOLS[protocol]['cfg'].items() if k not in ('dataset', 'workers', 'iters', 'eval_every', 'log_every')} if protocol else {}
+    import tempfile
+    tmp = tempfile.TemporaryDirectory(prefix='mkd-bench-')          # stand-in MGD teachers (step, settings)
+    num_classes = PROTOCOLS[protocol]['num_classes'] if protocol else 11
     if what == 'step':
-        import tempfile
-        rows, tmp = [], tempfile.TemporaryDirectory(prefix='mkd-bench-')
-        num_classes = PROTOCOLS[protocol]['num_classes'] if protocol else 11
+        rows = []
         for m in method.split(','):
             kw = dict(dict(encoder=encoder, arch=arch, crop=crop, batch_size=batch_size), **pkw)
             kw = dict(kw, device=device, amp=amp, iters=1000, **extra)
@@ -945,9 +947,7 @@ def mkd_bench(   # no @call_parse: under `python -m mkd_nb.bench` it would parse
         return write_results(rows, out, 'flops', ['role', 'encoder', 'size', 'params_M', 'enc_params_M', 'gflops', 'enc_gflops',
                                                   'img_per_s'] + ratios)
     if what == 'settings':
-        import tempfile
-        rows, tmp = [], tempfile.TemporaryDirectory(prefix='mkd-bench-')
-        num_classes = PROTOCOLS[protocol]['num_classes'] if protocol else 11
+        rows = []
         for m in method.split(','):
             kw = dict(dict(encoder=encoder, arch=arch, crop=crop, batch_size=batch_size), **pkw)
             skw = _with_teachers(m, dict(kw, device=device, amp=amp, iters=1000, **extra), protocol, deep_encoder, wide_encoder, tmp.name, num_classes)
