@@ -552,7 +552,7 @@ def paired_diff(a: Optional[dict], b: Optional[dict]) -> Optional[dict]:
     m, sd = _mean_std(d)
     return dict(mean=m, std=sd, n=len(d))
 
-# %% ../nbs/12_bench.ipynb #f74b0d79
+# %% ../nbs/12_bench.ipynb #2eeffcd6
 def mgd_summary(protocol: str, table: list) -> Optional[dict]:
     "MGD rows of `protocol` against its student (`sup`, `cps`) and teachers: mIoU, network costs, gap closed; None without MGD rows."
     from mkd_nb.models import build_model
@@ -585,11 +585,11 @@ def mgd_summary(protocol: str, table: list) -> Optional[dict]:
     return dict(part=h, image_size=list(p['image_size']), entries=entries,
                 mgd_minus_sup=None if None in (mgd, sup) else mgd - sup, mgd_minus_cps=None if None in (mgd, cps) else mgd - cps,
                 mgd_minus_sup_paired=paired_diff(get('mgd'), get('sup')), mgd_minus_cps_paired=paired_diff(get('mgd'), get('cps')),
-                best_teacher=best_t,
+                best_teacher=best_t, student_sup=sup,
                 # share of the student-to-teacher distance MGD covers: (MGD - supervised student) / (best teacher - supervised student)
                 gap_closed=None if None in (mgd, sup, best_t) or best_t <= sup else (mgd - sup) / (best_t - sup))
 
-# %% ../nbs/12_bench.ipynb #e170c12e
+# %% ../nbs/12_bench.ipynb #3ef932f1
 def check_targets(t: dict, main: str = 'mkd', base: str = 'sup', peers=('mt', 'cps', 'unimatch')) -> list:
     "The benchmark's targets on table `t`: [{'target', 'value', 'met', 'paired'}] with `met` True, False or None (not enough cells)."
     get = lambda row, part: table_row(t['rows'], row, part, finished=True)
@@ -616,6 +616,13 @@ def _fmt(r) -> str:
     if not r or not r['n']: return '–'
     return f"{r['miou_mean']:.1f} ± {r['miou_std']:.1f} ({r['n']})" if r['miou_std'] is not None else f"{r['miou_mean']:.1f} ({r['n']})"
 
+def _gap_text(s: dict) -> str:
+    b, sup = s['best_teacher'], s.get('student_sup')
+    if s['gap_closed'] is not None: return f"{100 * s['gap_closed']:.0f} %"
+    if None not in (b, sup) and b <= sup:   # distillation from teachers that the student already beats: say so rather than print a ratio
+        return f"no gap to close (the better teacher, {b:.1f}, is not above the supervised student, {sup:.1f})"
+    return '–'
+
 def _render_mgd(s: Optional[dict]) -> list:
     if not s: return []
     h, w = s['image_size']
@@ -632,7 +639,7 @@ def _render_mgd(s: Optional[dict]) -> list:
     pf = lambda d: '' if not d else f" (per seed {d['mean']:+.1f}" + ('' if d['std'] is None else f" ± {d['std']:.1f}") + f", n={d['n']})"
     L += ['', f"MGD − supervised-only student: {f(s['mgd_minus_sup'])}{pf(s.get('mgd_minus_sup_paired'))}; MGD − CPS-only student: "
           f"{f(s['mgd_minus_cps'])}{pf(s.get('mgd_minus_cps_paired'))} (MGD must beat both); share of the gap from the supervised student to the better teacher that MGD closes: "
-          f"{'–' if s['gap_closed'] is None else format(100 * s['gap_closed'], '.0f') + ' %'}."]
+          f"{_gap_text(s)}."]
     return L
 
 def render_table_md(t: dict) -> str:
