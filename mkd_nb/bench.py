@@ -552,7 +552,7 @@ def paired_diff(a: Optional[dict], b: Optional[dict]) -> Optional[dict]:
     m, sd = _mean_std(d)
     return dict(mean=m, std=sd, n=len(d))
 
-# %% ../nbs/12_bench.ipynb #2eeffcd6
+# %% ../nbs/12_bench.ipynb #3a40c4c1
 def mgd_summary(protocol: str, table: list) -> Optional[dict]:
     "MGD rows of `protocol` against its student (`sup`, `cps`) and teachers: mIoU, network costs, gap closed; None without MGD rows."
     from mkd_nb.models import build_model
@@ -586,10 +586,12 @@ def mgd_summary(protocol: str, table: list) -> Optional[dict]:
                 mgd_minus_sup=None if None in (mgd, sup) else mgd - sup, mgd_minus_cps=None if None in (mgd, cps) else mgd - cps,
                 mgd_minus_sup_paired=paired_diff(get('mgd'), get('sup')), mgd_minus_cps_paired=paired_diff(get('mgd'), get('cps')),
                 best_teacher=best_t, student_sup=sup,
+                # each teacher against the supervised student on the seeds both have (the seed means above may cover different seeds)
+                teachers_minus_sup_paired={t: paired_diff(get(t), get('sup')) for t in teachers},
                 # share of the student-to-teacher distance MGD covers: (MGD - supervised student) / (best teacher - supervised student)
                 gap_closed=None if None in (mgd, sup, best_t) or best_t <= sup else (mgd - sup) / (best_t - sup))
 
-# %% ../nbs/12_bench.ipynb #3ef932f1
+# %% ../nbs/12_bench.ipynb #63cd6f93
 def check_targets(t: dict, main: str = 'mkd', base: str = 'sup', peers=('mt', 'cps', 'unimatch')) -> list:
     "The benchmark's targets on table `t`: [{'target', 'value', 'met', 'paired'}] with `met` True, False or None (not enough cells)."
     get = lambda row, part: table_row(t['rows'], row, part, finished=True)
@@ -616,6 +618,8 @@ def _fmt(r) -> str:
     if not r or not r['n']: return '–'
     return f"{r['miou_mean']:.1f} ± {r['miou_std']:.1f} ({r['n']})" if r['miou_std'] is not None else f"{r['miou_mean']:.1f} ({r['n']})"
 
+def _pm(d: dict) -> str: return f"{d['mean']:+.1f}" + ('' if d['std'] is None else f" ± {d['std']:.1f}") + f", n={d['n']}"
+
 def _gap_text(s: dict) -> str:
     b, sup = s['best_teacher'], s.get('student_sup')
     if s['gap_closed'] is not None: return f"{100 * s['gap_closed']:.0f} %"
@@ -636,10 +640,12 @@ def _render_mgd(s: Optional[dict]) -> list:
         L.append(f"| {e['net']} | {e['role']} | {e['trained_by']} | {_fmt(e)} | {d} | {e['params_M']:.1f} | {e['gflops']:.2f} | "
                  f"{e['gflops'] / stud['gflops']:.2f} |")
     f = lambda v, unit='': '–' if v is None else f"{v:+.1f}{unit}"
-    pf = lambda d: '' if not d else f" (per seed {d['mean']:+.1f}" + ('' if d['std'] is None else f" ± {d['std']:.1f}") + f", n={d['n']})"
+    pf = lambda d: "" if not d else f" (per seed {_pm(d)})"
     L += ['', f"MGD − supervised-only student: {f(s['mgd_minus_sup'])}{pf(s.get('mgd_minus_sup_paired'))}; MGD − CPS-only student: "
           f"{f(s['mgd_minus_cps'])}{pf(s.get('mgd_minus_cps_paired'))} (MGD must beat both); share of the gap from the supervised student to the better teacher that MGD closes: "
           f"{_gap_text(s)}."]
+    tp = {t: d for t, d in (s.get('teachers_minus_sup_paired') or {}).items() if d}
+    if tp: L[-1] += ' Teacher − supervised-only student seed by seed: ' + '; '.join(f"{t.replace('mgd teacher ', '')} {_pm(d)}" for t, d in tp.items()) + '.'
     return L
 
 def render_table_md(t: dict) -> str:
