@@ -229,7 +229,7 @@ def bench_flops(encoders: dict, size=(180, 240), num_classes: int = 11, arch: st
             r[f"enc_flops_x_{s['encoder']}"] = r['enc_gflops'] / s['enc_gflops']
     return rows
 
-# %% ../nbs/12_bench.ipynb #b2c8ddb8
+# %% ../nbs/12_bench.ipynb #b6766ceb
 _CAMVID_CPU = dict(dataset='camvid', encoder='resnet18', decoder_channels=128, crop=96, batch_size=8, unlabeled_batch_size=8,
                    lr=0.02, iters=1000, eval_every=250, workers=1, log_every=50, device='cpu')
 
@@ -266,6 +266,9 @@ PROTOCOLS = {
             # with 6 forwards the teachers never see labeled images, so pseudo-supervision on them is tested on the official 8
             _row('mkd official -pseudo on labeled', 'mkd', ('ablation',), parts=('1/16',), ref='mkd official 8 forwards',
                  lean_passes=False, pseudo_on_labeled=False, **_MKD),
+            # CPS taught by the other student's argmax on the mixed image (MKD's CPS term) rather than by its predictions on the
+            # unmixed images (CPS code): how the first cps cells ran, until their pseudo-labels showed the collapse; one seed, as measured
+            _row('cps mixed targets', 'cps', ('ablation',), parts=('1/16',), seeds=(0,), ref='cps', cps_targets='mixed'),
             # MGD at the headline partition: the student is the protocol's network, so `sup` and `cps` are its supervised-only
             # and CPS-only rows; the teachers are trained by CPS on the same split and budget (smaller than the paper's pair)
             _row('mgd teacher deep', 'cps', ('distillation',), parts=('1/16',), ref='mgd', encoder='resnet34'),

@@ -47,7 +47,7 @@ def labeled_count(spec, n: int) -> int:
     if not 0 < frac <= 1: raise ConfigError('data.labeled', f"fraction {spec!r} is not in (0, 1]")
     return max(1, round(frac * n))
 
-# %% ../nbs/00_core.ipynb #99998575
+# %% ../nbs/00_core.ipynb #deb4503e
 DATASETS = ('synthetic', 'camvid', 'voc', 'cityscapes', 'folder')
 ARCHS = ('deeplabv3plus', 'unet')
 METHODS = ('sup', 'mt', 'cps', 'unimatch', 'mkd', 'mgd')
@@ -98,6 +98,8 @@ class MethodConfig:
     # --- MKD weights ---
     lambda_cross: float = 1.5      # mutual term (teacher of the other branch); MKD code 1.5
     lambda_cps: float = 1.0        # cross pseudo supervision between students; MKD code 1.0
+    cps_targets: str = 'mixed'     # method cps: 'unmixed' = the other student's no-grad logits on the unmixed weak view, mixed with
+                                   # the same mask (CPS code, the cps default); 'mixed' = its argmax on the mixed image itself (MKD's CPS term)
     mutual: bool = True            # False: each student is taught by its own teacher (ablation)
     lean_passes: bool = True       # True: 6 forwards per step; False: the official 8 (teachers also on labeled images)
     eval_net: str = 'student1'     # 'student1' (MKD code), 'teacher1', 'teachers' (average of the two teachers)
@@ -156,13 +158,13 @@ class TrainConfig:
 METHOD_DEFAULTS = {
     'sup':      dict(),
     'mt':       dict(ema_momentum=0.99, ema_buffers=True, teacher_bn_mode='eval', conf_thresh=0.0, eval_net='student1'),
-    'cps':      dict(lambda_cps=1.5),  # CPS paper, VOC
+    'cps':      dict(lambda_cps=1.5, cps_targets='unmixed'),  # CPS paper (VOC) and code
     'unimatch': dict(conf_thresh=0.95, cutmix='unimatch'),
     'mkd':      dict(),
     'mgd':      dict(teacher_bn_mode='eval'),
 }
 
-# %% ../nbs/00_core.ipynb #32e4df01
+# %% ../nbs/00_core.ipynb #0fa5fa45
 def _check(cond, field, msg):
     if not cond: raise ConfigError(field, msg)
 
@@ -219,6 +221,7 @@ class Config:
         _check(0.0 <= me.ema_momentum < 1.0, 'method.ema_momentum', f"must be in [0, 1), got {me.ema_momentum}")
         _one_of(me.cutmix, ('mkd', 'unimatch', 'classmix', 'none'), 'method.cutmix')
         _one_of(me.teacher_bn_mode, ('train', 'eval'), 'method.teacher_bn_mode')
+        _one_of(me.cps_targets, ('unmixed', 'mixed'), 'method.cps_targets')
         _one_of(me.eval_net, ('student1', 'teacher1', 'teachers'), 'method.eval_net')
         for part in me.feature_aug_on.split(','):
             _one_of(part.strip(), ('students', 'teachers'), 'method.feature_aug_on')

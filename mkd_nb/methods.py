@@ -128,7 +128,7 @@ class MeanTeacher(Method):
         return {'loss': sum(terms.values()), **{k: v.detach() for k, v in terms.items()},
                 'pseudo': (pl, labels_at(gt_mix, pl.shape[-2:])), 'mixed': x_mix.detach()}
 
-# %% ../nbs/08_methods.ipynb #2e89e52e
+# %% ../nbs/08_methods.ipynb #939cd6a9
 def cross_ce(a, b, valid):
     "Symmetric cross pseudo supervision: CE(a, argmax b) + CE(b, argmax a), ignoring invalid pixels."
     ya = torch.where(valid, a.detach().argmax(1), IGNORE_INDEX)
@@ -142,21 +142,26 @@ class CPS(Method):
         super().__init__(cfg, num_classes)
         self.s1, self.s2 = self.new_net(0), self.new_net(1)
     def students(self): return [self.s1, self.s2]
-    def passes(self, nl, nu): return [(self.s1, nl + nu, True, 0.0), (self.s2, nl + nu, True, 0.0)]
+    def passes(self, nl, nu):
+        targets = [(self.s1, nu, False, 0.0), (self.s2, nu, False, 0.0)] if self.opt.cps_targets == 'unmixed' else []
+        return targets + [(self.s1, nl + nu, True, 0.0), (self.s2, nl + nu, True, 0.0)]
 
     def step(self, lab, unl):
         o, s, nl = self.opt, self.loss_stride, len(lab['img'])
         m, perm = draw_mix(unl, 'mkd' if o.cutmix == 'classmix' else o.cutmix)
         x_mix, v_mix, gt_mix = mix(m, perm, unl['strong1'], unl['valid'], unl['gt'])
+        if o.cps_targets == 'unmixed':   # each student labels the unmixed weak view; its logits are mixed like the images
+            with torch.no_grad(): t1, t2 = (mix(m, perm, net(unl['weak'], out_stride=s))[0] for net in (self.s1, self.s2))
         x = torch.cat([lab['img'], x_mix])
         l1, l2 = self.s1(x, out_stride=s), self.s2(x, out_stride=s)
+        if o.cps_targets == 'mixed': t1, t2 = l1[nl:].detach(), l2[nl:].detach()
         y = labels_at(lab['mask'], l1.shape[-2:])
         v = labels_at(v_mix.long(), l1.shape[-2:]).bool()
+        pl1, pl2 = (torch.where(v, t.argmax(1), IGNORE_INDEX) for t in (t1, t2))
         terms = {'sup': ce_loss(l1[:nl], y) + ce_loss(l2[:nl], y),
-                 'cps': o.lambda_cps * cross_ce(l1[nl:], l2[nl:], v)}
+                 'cps': o.lambda_cps * (pseudo_ce(l1[nl:], pl2, v) + pseudo_ce(l2[nl:], pl1, v))}
         return {'loss': sum(terms.values()), **{k: t.detach() for k, t in terms.items()},
-                'pseudo': (torch.where(v, l2[nl:].detach().argmax(1), IGNORE_INDEX), labels_at(gt_mix, v.shape[-2:])),
-                'mixed': x_mix.detach()}
+                'pseudo': (pl2, labels_at(gt_mix, v.shape[-2:])), 'mixed': x_mix.detach()}
 
 # %% ../nbs/08_methods.ipynb #07216911
 class UniMatch(Method):
