@@ -164,7 +164,7 @@ METHOD_DEFAULTS = {
     'mgd':      dict(teacher_bn_mode='eval'),
 }
 
-# %% ../nbs/00_core.ipynb #0fa5fa45
+# %% ../nbs/00_core.ipynb #d5016f68
 def _check(cond, field, msg):
     if not cond: raise ConfigError(field, msg)
 
@@ -222,6 +222,7 @@ class Config:
         _one_of(me.cutmix, ('mkd', 'unimatch', 'classmix', 'none'), 'method.cutmix')
         _one_of(me.teacher_bn_mode, ('train', 'eval'), 'method.teacher_bn_mode')
         _one_of(me.cps_targets, ('unmixed', 'mixed'), 'method.cps_targets')
+        _check(me.cps_targets == 'mixed' or me.name == 'cps', 'method.cps_targets', f"unmixed CPS targets are an option of cps only; {me.name} would ignore it")
         _one_of(me.eval_net, ('student1', 'teacher1', 'teachers'), 'method.eval_net')
         for part in me.feature_aug_on.split(','):
             _one_of(part.strip(), ('students', 'teachers'), 'method.feature_aug_on')
