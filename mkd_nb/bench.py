@@ -555,7 +555,7 @@ def paired_diff(a: Optional[dict], b: Optional[dict]) -> Optional[dict]:
     m, sd = _mean_std(d)
     return dict(mean=m, std=sd, n=len(d))
 
-# %% ../nbs/12_bench.ipynb #3a40c4c1
+# %% ../nbs/12_bench.ipynb #e5854efa
 def mgd_summary(protocol: str, table: list) -> Optional[dict]:
     "MGD rows of `protocol` against its student (`sup`, `cps`) and teachers: mIoU, network costs, gap closed; None without MGD rows."
     from mkd_nb.models import build_model
@@ -581,20 +581,46 @@ def mgd_summary(protocol: str, table: list) -> Optional[dict]:
         r = table_row(table, row, h)
         net = keyed[row] if row in keyed else keyed['sup']
         entries.append(dict(row=row, role=role, trained_by=by, net=net, n=r['n'] if r else 0, miou_mean=r['miou_mean'] if r else None,
-                            miou_std=r['miou_std'] if r else None, **costs[net]))
-    val = lambda row: (get(row) or {}).get('miou_mean')
-    mgd, sup, cps = val('mgd'), val('sup'), val('cps')
+                            miou_std=r['miou_std'] if r else None, **costs[net],
+                            # this row minus MGD over the seeds both have, so a lucky split in one row does not read as a method's gain
+                            minus_mgd=None if row == 'mgd' else _diff_on_shared(get(row), get('mgd')),
+                            shared_with_mgd=None if row == 'mgd' or not (get(row) and get('mgd')) else _shared_seeds([get(row), get('mgd')])))
+    # MGD, its supervised student and the teachers are compared on the seeds they all have: seed means over different seeds
+    # would mix the luck of different labeled splits into the gap (rows without per-seed values fall back to their means)
+    have = [get(r) for r in ['mgd', 'sup'] + teachers]
+    seeds = _shared_seeds([r for r in have if r])
+    val = lambda row: _mean_on(get(row), seeds)
+    mgd, sup = val('mgd'), val('sup')
     best_t = max((v for v in map(val, teachers) if v is not None), default=None)
-    return dict(part=h, image_size=list(p['image_size']), entries=entries,
-                mgd_minus_sup=None if None in (mgd, sup) else mgd - sup, mgd_minus_cps=None if None in (mgd, cps) else mgd - cps,
+    return dict(part=h, image_size=list(p['image_size']), entries=entries, seeds=seeds,
+                mgd_minus_sup=_diff_on_shared(get('mgd'), get('sup')), mgd_minus_cps=_diff_on_shared(get('mgd'), get('cps')),
                 mgd_minus_sup_paired=paired_diff(get('mgd'), get('sup')), mgd_minus_cps_paired=paired_diff(get('mgd'), get('cps')),
                 best_teacher=best_t, student_sup=sup,
-                # each teacher against the supervised student on the seeds both have (the seed means above may cover different seeds)
+                # each teacher against the supervised student on the seeds both have
                 teachers_minus_sup_paired={t: paired_diff(get(t), get('sup')) for t in teachers},
                 # share of the student-to-teacher distance MGD covers: (MGD - supervised student) / (best teacher - supervised student)
                 gap_closed=None if None in (mgd, sup, best_t) or best_t <= sup else (mgd - sup) / (best_t - sup))
 
-# %% ../nbs/12_bench.ipynb #63cd6f93
+def _shared_seeds(rows: list) -> Optional[list]:
+    "Seeds every row of `rows` has; None if a row has no per-seed values (then seed means are all there is)."
+    if not all(r.get('seeds') for r in rows): return None
+    return sorted(set.intersection(*(set(r['seeds']) for r in rows))) if rows else []
+
+def _diff_on_shared(a: Optional[dict], b: Optional[dict]) -> Optional[float]:
+    "Mean mIoU of `a` minus that of `b`, both over the seeds they share."
+    if not (a and b and a['n'] and b['n']): return None
+    seeds = _shared_seeds([a, b])
+    x, y = _mean_on(a, seeds), _mean_on(b, seeds)
+    return None if None in (x, y) else x - y
+
+def _mean_on(r: Optional[dict], seeds: Optional[list]) -> Optional[float]:
+    "Mean mIoU of row `r` over `seeds` (its seed mean if `seeds` is None); None without values."
+    if not r or not r['n']: return None
+    if seeds is None: return r['miou_mean']
+    xs = [x for s, x in zip(r['seeds'], r['miou_seeds']) if s in seeds]
+    return statistics.fmean(xs) if xs else None
+
+# %% ../nbs/12_bench.ipynb #027d6e32
 def check_targets(t: dict, main: str = 'mkd', base: str = 'sup', peers=('mt', 'cps', 'unimatch')) -> list:
     "The benchmark's targets on table `t`: [{'target', 'value', 'met', 'paired'}] with `met` True, False or None (not enough cells)."
     get = lambda row, part: table_row(t['rows'], row, part, finished=True)
@@ -635,18 +661,18 @@ def _render_mgd(s: Optional[dict]) -> list:
     h, w = s['image_size']
     L = ['', f"MGD at {s['part']}: one student network, trained three ways, and the two teachers MGD distils from (trained by CPS on "
          f"the same split and budget); cost = parameters and forward GFLOPs per {w}×{h} image:", '',
-         '| network | role | trained by | mIoU | Δ vs MGD | params (M) | GFLOPs | × student |', '|---|---|---|---|---|---|---|---|']
+         '| network | role | trained by | mIoU | Δ vs MGD (shared seeds) | params (M) | GFLOPs | × student |', '|---|---|---|---|---|---|---|---|']
     stud = next(e for e in s['entries'] if e['row'] == 'sup')
-    mgd = next((e for e in s['entries'] if e['row'] == 'mgd'), None)
     for e in s['entries']:
-        d = '–' if e['row'] == 'mgd' or not (e['n'] and mgd and mgd['n']) else f"{e['miou_mean'] - mgd['miou_mean']:+.1f}"
+        d = '–' if e.get('minus_mgd') is None else f"{e['minus_mgd']:+.1f}" + ('' if e.get('shared_with_mgd') is None else f" ({len(e['shared_with_mgd'])})")
         L.append(f"| {e['net']} | {e['role']} | {e['trained_by']} | {_fmt(e)} | {d} | {e['params_M']:.1f} | {e['gflops']:.2f} | "
                  f"{e['gflops'] / stud['gflops']:.2f} |")
     f = lambda v, unit='': '–' if v is None else f"{v:+.1f}{unit}"
-    pf = lambda d: "" if not d else f" (per seed {_pm(d)})"
-    L += ['', f"MGD − supervised-only student: {f(s['mgd_minus_sup'])}{pf(s.get('mgd_minus_sup_paired'))}; MGD − CPS-only student: "
-          f"{f(s['mgd_minus_cps'])}{pf(s.get('mgd_minus_cps_paired'))} (MGD must beat both); share of the gap from the supervised student to the better teacher that MGD closes: "
-          f"{_gap_text(s)}."]
+    dd = lambda v, d: f"{_pm(d)} seed by seed" if d else f(v)      # with per-seed values, their mean is the difference of means
+    on = '' if s.get('seeds') is None else f" on the seeds all of them have ({', '.join(map(str, s['seeds'])) or 'none'})"
+    L += ['', f"MGD − supervised-only student: {dd(s['mgd_minus_sup'], s.get('mgd_minus_sup_paired'))}; MGD − CPS-only student: "
+          f"{dd(s['mgd_minus_cps'], s.get('mgd_minus_cps_paired'))} (MGD must beat both; each over the seeds both rows have); "
+          f"share of the gap from the supervised student to the better teacher that MGD closes{on}: {_gap_text(s)}."]
     tp = {t: d for t, d in (s.get('teachers_minus_sup_paired') or {}).items() if d}
     if tp: L[-1] += ' Teacher − supervised-only student seed by seed: ' + '; '.join(f"{t.replace('mgd teacher ', '')} {_pm(d)}" for t, d in tp.items()) + '.'
     return L
@@ -676,11 +702,15 @@ def render_table_md(t: dict) -> str:
         L.append(f"| {g['target']} | {v} | {met} | {pds} |")
     abl = [r for r in t['rows'] if 'ablation' in r['groups'] and r['part'] == t['headline']]
     if abl:
-        L += ['', f"Ablations at {t['headline']} (Δ against the reference row, `mkd` unless named):", '',
+        L += ['', f"Ablations at {t['headline']} (Δ against the reference row, `mkd` unless named, over the seeds both rows have "
+              "(their number in brackets): each seed is one labeled split, so a variant run on one seed is compared with the "
+              "reference on that seed, not with its mean):", '',
               '| variant | mIoU | reference | Δ |', '|---|---|---|---|']
         for r in abl:
             ref = get(r.get('ref') or 'mkd', t['headline'])
-            d = '–' if not (r['n'] and ref and ref['n']) or r['row'] == ref['row'] else f"{r['miou_mean'] - ref['miou_mean']:+.1f}"
+            dv = None if not ref or r['row'] == ref['row'] else _diff_on_shared(r, ref)
+            sh = None if dv is None else _shared_seeds([r, ref])
+            d = '–' if dv is None else f"{dv:+.1f}" + ('' if sh is None else f" ({len(sh)})")
             L.append(f"| {r['row']} | {_fmt(r)} | {'–' if r['row'] == (r.get('ref') or 'mkd') else r.get('ref') or 'mkd'} | {d} |")
     L += _render_mgd(t.get('mgd'))
     head = [get(r, t['headline']) for r in main] + [get(main[0], 'all') if main else None]
