@@ -19,8 +19,8 @@ import mkd_nb.mgd  # registers the 'mgd' method
 __all__ = ['PROTOCOLS', 'reset_peak', 'peak_mib', 'bench_step', 'stand_in_teachers', 'bench_settings', 'bench_pair',
            'bench_loader', 'write_results', 'bench_flops', 'cell_name', 'protocol_cells', 'select_cells',
            'cell_command', 'need_path', 'protocol_root', 'cell_config', 'cell_status', 'cell_done', 'run_cells',
-           'table_row', 'collect_table', 'paired_diff', 'mgd_summary', 'check_targets', 'render_table_md', 'plot_table',
-           'write_table', 'render_results_md', 'plan_cells', 'mkd_bench', 'main']
+           'table_row', 'collect_table', 'paired_diff', 'seed_diff', 'mgd_summary', 'check_targets', 'render_table_md',
+           'plot_table', 'write_table', 'render_results_md', 'plan_cells', 'mkd_bench', 'main']
 
 # %% ../nbs/12_bench.ipynb #698b5439
 def reset_peak(device):
@@ -545,7 +545,7 @@ def collect_table(protocol: str, out) -> dict:
                 machine=dict(platform=platform.platform(), processor=platform.processor() or platform.machine(), cpus=os.cpu_count(),
                              torch=torch.__version__))
 
-# %% ../nbs/12_bench.ipynb #3a39f133
+# %% ../nbs/12_bench.ipynb #4d6716cf
 def paired_diff(a: Optional[dict], b: Optional[dict]) -> Optional[dict]:
     "Per-seed differences of rows `a` - `b` over the seeds both have (seed s = the same labeled split in every row): mean, std, n."
     if not (a and b and a.get('seeds') and b.get('seeds')): return None
@@ -555,7 +555,12 @@ def paired_diff(a: Optional[dict], b: Optional[dict]) -> Optional[dict]:
     m, sd = _mean_std(d)
     return dict(mean=m, std=sd, n=len(d))
 
-# %% ../nbs/12_bench.ipynb #e5854efa
+def seed_diff(a: Optional[dict], b: Optional[dict]) -> Optional[dict]:
+    "`paired_diff(a, b)`; for rows without per-seed values, the difference of their seed means (std: `a`'s, n: the smaller n)."
+    if not (a and b and a.get('n') and b.get('n')): return None
+    return paired_diff(a, b) or dict(mean=a['miou_mean'] - b['miou_mean'], std=a['miou_std'], n=min(a['n'], b['n']))
+
+# %% ../nbs/12_bench.ipynb #7da787d9
 def mgd_summary(protocol: str, table: list) -> Optional[dict]:
     "MGD rows of `protocol` against its student (`sup`, `cps`) and teachers: mIoU, network costs, gap closed; None without MGD rows."
     from mkd_nb.models import build_model
@@ -583,8 +588,7 @@ def mgd_summary(protocol: str, table: list) -> Optional[dict]:
         entries.append(dict(row=row, role=role, trained_by=by, net=net, n=r['n'] if r else 0, miou_mean=r['miou_mean'] if r else None,
                             miou_std=r['miou_std'] if r else None, **costs[net],
                             # this row minus MGD over the seeds both have, so a lucky split in one row does not read as a method's gain
-                            minus_mgd=None if row == 'mgd' else _diff_on_shared(get(row), get('mgd')),
-                            shared_with_mgd=None if row == 'mgd' or not (get(row) and get('mgd')) else _shared_seeds([get(row), get('mgd')])))
+                            minus_mgd=None if row == 'mgd' else seed_diff(get(row), get('mgd'))))
     # MGD, its supervised student and the teachers are compared on the seeds they all have: seed means over different seeds
     # would mix the luck of different labeled splits into the gap (rows without per-seed values fall back to their means)
     have = [get(r) for r in ['mgd', 'sup'] + teachers]
@@ -593,8 +597,7 @@ def mgd_summary(protocol: str, table: list) -> Optional[dict]:
     mgd, sup = val('mgd'), val('sup')
     best_t = max((v for v in map(val, teachers) if v is not None), default=None)
     return dict(part=h, image_size=list(p['image_size']), entries=entries, seeds=seeds,
-                mgd_minus_sup=_diff_on_shared(get('mgd'), get('sup')), mgd_minus_cps=_diff_on_shared(get('mgd'), get('cps')),
-                mgd_minus_sup_paired=paired_diff(get('mgd'), get('sup')), mgd_minus_cps_paired=paired_diff(get('mgd'), get('cps')),
+                mgd_minus_sup=seed_diff(get('mgd'), get('sup')), mgd_minus_cps=seed_diff(get('mgd'), get('cps')),
                 best_teacher=best_t, student_sup=sup,
                 # each teacher against the supervised student on the seeds both have
                 teachers_minus_sup_paired={t: paired_diff(get(t), get('sup')) for t in teachers},
@@ -606,13 +609,6 @@ def _shared_seeds(rows: list) -> Optional[list]:
     if not all(r.get('seeds') for r in rows): return None
     return sorted(set.intersection(*(set(r['seeds']) for r in rows))) if rows else []
 
-def _diff_on_shared(a: Optional[dict], b: Optional[dict]) -> Optional[float]:
-    "Mean mIoU of `a` minus that of `b`, both over the seeds they share."
-    if not (a and b and a['n'] and b['n']): return None
-    seeds = _shared_seeds([a, b])
-    x, y = _mean_on(a, seeds), _mean_on(b, seeds)
-    return None if None in (x, y) else x - y
-
 def _mean_on(r: Optional[dict], seeds: Optional[list]) -> Optional[float]:
     "Mean mIoU of row `r` over `seeds` (its seed mean if `seeds` is None); None without values."
     if not r or not r['n']: return None
@@ -620,7 +616,7 @@ def _mean_on(r: Optional[dict], seeds: Optional[list]) -> Optional[float]:
     xs = [x for s, x in zip(r['seeds'], r['miou_seeds']) if s in seeds]
     return statistics.fmean(xs) if xs else None
 
-# %% ../nbs/12_bench.ipynb #027d6e32
+# %% ../nbs/12_bench.ipynb #cd662a3a
 def check_targets(t: dict, main: str = 'mkd', base: str = 'sup', peers=('mt', 'cps', 'unimatch')) -> list:
     "The benchmark's targets on table `t`: [{'target', 'value', 'met', 'paired'}] with `met` True, False or None (not enough cells)."
     get = lambda row, part: table_row(t['rows'], row, part, finished=True)
@@ -664,14 +660,12 @@ def _render_mgd(s: Optional[dict]) -> list:
          '| network | role | trained by | mIoU | Δ vs MGD (shared seeds) | params (M) | GFLOPs | × student |', '|---|---|---|---|---|---|---|---|']
     stud = next(e for e in s['entries'] if e['row'] == 'sup')
     for e in s['entries']:
-        d = '–' if e.get('minus_mgd') is None else f"{e['minus_mgd']:+.1f}" + ('' if e.get('shared_with_mgd') is None else f" ({len(e['shared_with_mgd'])})")
+        d = '–' if not e.get('minus_mgd') else f"{e['minus_mgd']['mean']:+.1f} ({e['minus_mgd']['n']})"
         L.append(f"| {e['net']} | {e['role']} | {e['trained_by']} | {_fmt(e)} | {d} | {e['params_M']:.1f} | {e['gflops']:.2f} | "
                  f"{e['gflops'] / stud['gflops']:.2f} |")
-    f = lambda v, unit='': '–' if v is None else f"{v:+.1f}{unit}"
-    dd = lambda v, d: f"{_pm(d)} seed by seed" if d else f(v)      # with per-seed values, their mean is the difference of means
     on = '' if s.get('seeds') is None else f" on the seeds all of them have ({', '.join(map(str, s['seeds'])) or 'none'})"
-    L += ['', f"MGD − supervised-only student: {dd(s['mgd_minus_sup'], s.get('mgd_minus_sup_paired'))}; MGD − CPS-only student: "
-          f"{dd(s['mgd_minus_cps'], s.get('mgd_minus_cps_paired'))} (MGD must beat both; each over the seeds both rows have); "
+    L += ['', f"MGD − supervised-only student: {'–' if not s['mgd_minus_sup'] else _pm(s['mgd_minus_sup'])}; MGD − CPS-only student: "
+          f"{'–' if not s['mgd_minus_cps'] else _pm(s['mgd_minus_cps'])} (MGD must beat both; each over the seeds both rows have); "
           f"share of the gap from the supervised student to the better teacher that MGD closes{on}: {_gap_text(s)}."]
     tp = {t: d for t, d in (s.get('teachers_minus_sup_paired') or {}).items() if d}
     if tp: L[-1] += ' Teacher − supervised-only student seed by seed: ' + '; '.join(f"{t.replace('mgd teacher ', '')} {_pm(d)}" for t, d in tp.items()) + '.'
@@ -708,9 +702,8 @@ def render_table_md(t: dict) -> str:
               '| variant | mIoU | reference | Δ |', '|---|---|---|---|']
         for r in abl:
             ref = get(r.get('ref') or 'mkd', t['headline'])
-            dv = None if not ref or r['row'] == ref['row'] else _diff_on_shared(r, ref)
-            sh = None if dv is None else _shared_seeds([r, ref])
-            d = '–' if dv is None else f"{dv:+.1f}" + ('' if sh is None else f" ({len(sh)})")
+            dv = None if not ref or r['row'] == ref['row'] else seed_diff(r, ref)
+            d = '–' if not dv else f"{dv['mean']:+.1f} ({dv['n']})"
             L.append(f"| {r['row']} | {_fmt(r)} | {'–' if r['row'] == (r.get('ref') or 'mkd') else r.get('ref') or 'mkd'} | {d} |")
     L += _render_mgd(t.get('mgd'))
     head = [get(r, t['headline']) for r in main] + [get(main[0], 'all') if main else None]
