@@ -19,8 +19,8 @@ import mkd_nb.mgd  # registers the 'mgd' method
 __all__ = ['PROTOCOLS', 'reset_peak', 'peak_mib', 'bench_step', 'stand_in_teachers', 'bench_settings', 'bench_pair',
            'bench_loader', 'write_results', 'bench_flops', 'cell_name', 'protocol_cells', 'select_cells',
            'cell_command', 'need_path', 'protocol_root', 'cell_config', 'cell_status', 'cell_done', 'run_cells',
-           'table_row', 'collect_table', 'paired_diff', 'seed_diff', 'mgd_summary', 'check_targets', 'render_table_md',
-           'plot_table', 'write_table', 'render_results_md', 'plan_cells', 'mkd_bench', 'main']
+           'table_row', 'collect_table', 'paired_diff', 'seed_diff', 'mgd_summary', 'on_shared_seeds', 'check_targets',
+           'render_table_md', 'plot_table', 'write_table', 'render_results_md', 'plan_cells', 'mkd_bench', 'main']
 
 # %% ../nbs/12_bench.ipynb #698b5439
 def reset_peak(device):
@@ -616,27 +616,35 @@ def _mean_on(r: Optional[dict], seeds: Optional[list]) -> Optional[float]:
     xs = [x for s, x in zip(r['seeds'], r['miou_seeds']) if s in seeds]
     return statistics.fmean(xs) if xs else None
 
-# %% ../nbs/12_bench.ipynb #cd662a3a
+# %% ../nbs/12_bench.ipynb #3300025d
+def on_shared_seeds(a: Optional[dict], b: Optional[dict]) -> tuple:
+    "Rows `a`, `b` cut down to the seeds both have (mean, std and n recomputed), so that their means compare the same splits; as given without per-seed values."
+    if not (a and b and a.get('seeds') and b.get('seeds')): return a, b
+    both = [s for s in a['seeds'] if s in b['seeds']]
+    def cut(r):
+        xs = [x for s, x in zip(r['seeds'], r['miou_seeds']) if s in both]
+        m, sd = _mean_std(xs) if xs else (None, None)
+        return dict(r, seeds=both, miou_seeds=xs, n=len(xs), miou_mean=m, miou_std=sd)
+    return cut(a), cut(b)
+
 def check_targets(t: dict, main: str = 'mkd', base: str = 'sup', peers=('mt', 'cps', 'unimatch')) -> list:
-    "The benchmark's targets on table `t`: [{'target', 'value', 'met', 'paired'}] with `met` True, False or None (not enough cells)."
+    "The benchmark's targets on table `t`: [{'target', 'value', 'n', 'met', 'paired'}], means over the seeds both rows have; `met` None if undecidable."
     get = lambda row, part: table_row(t['rows'], row, part, finished=True)
-    h, res = t['headline'], []
     full = lambda *rs: all(r and r['n'] == r.get('planned', r['n']) for r in rs)
-    m, s = get(main, h), get(base, h)
-    res.append(dict(target=f'{main} >= {base} + 6 mIoU at {h}', value=None if not (m and s) else m['miou_mean'] - s['miou_mean']))
-    res[-1]['met'] = None if res[-1]['value'] is None else res[-1]['value'] >= 6
-    res[-1]['complete'], res[-1]['paired'] = full(m, s), paired_diff(m, s)
-    for part in t['parts']:
-        for peer in peers:
-            a, b = get(main, part), get(peer, part)
-            v = None if not (a and b) else a['miou_mean'] - b['miou_mean']
-            sd = None if not (a and b) or a['miou_std'] is None or b['miou_std'] is None else max(a['miou_std'], b['miou_std'])
-            res.append(dict(target=f'{main} ahead of {peer} at {part} by more than the std', value=v, std=sd,
-                            met=None if v is None or sd is None else v > sd, complete=full(a, b), paired=paired_diff(a, b)))
-    top, full_ = get(main, t['parts'][-1]), get(base, 'all')
-    v = None if not (top and full_) else top['miou_mean'] - full_['miou_mean']
-    res.append(dict(target=f"{main} at {t['parts'][-1]} within 2 mIoU of {base} with all labels", value=v, met=None if v is None else v >= -2,
-                    complete=full(top, full_), paired=paired_diff(top, full_)))
+    def target(name, a, b, test, with_std=False):
+        a2, b2 = on_shared_seeds(a, b)
+        ok = bool(a2 and b2 and a2['n'] and b2['n'])
+        v = a2['miou_mean'] - b2['miou_mean'] if ok else None
+        sd = None if not ok or a2['miou_std'] is None or b2['miou_std'] is None else max(a2['miou_std'], b2['miou_std'])
+        met = None if v is None or (with_std and sd is None) else test(v, sd)
+        return dict(target=name, value=v, n=min(a2['n'], b2['n']) if ok else 0, met=met, complete=full(a, b), paired=paired_diff(a, b),
+                    **(dict(std=sd) if with_std else {}))
+    h = t['headline']
+    res = [target(f'{main} >= {base} + 6 mIoU at {h}', get(main, h), get(base, h), lambda v, sd: v >= 6)]
+    res += [target(f'{main} ahead of {peer} at {part} by more than the std', get(main, part), get(peer, part), lambda v, sd: v > sd, True)
+            for part in t['parts'] for peer in peers]
+    res.append(target(f"{main} at {t['parts'][-1]} within 2 mIoU of {base} with all labels", get(main, t['parts'][-1]), get(base, 'all'),
+                      lambda v, sd: v >= -2))
     return res
 
 def _fmt(r) -> str:
@@ -685,11 +693,12 @@ def render_table_md(t: dict) -> str:
     L += ['', '**Labels test** (supervised, all labels vs the smallest partition; the protocol can see labels if the gap is >= 8 mIoU): ' +
           ('not measured yet' if not lt else f"{lt['all_mean']:.1f} (n={lt['all_n']}) vs {lt['smallest_mean']:.1f} (n={lt['smallest_n']}) "
            f"at {lt['smallest']}: gap {lt['gap']:+.1f} mIoU, **{'passed' if lt['passed'] else 'failed'}**" + ('' if lt['complete'] else ' (seeds missing)'))]
-    L += ['', 'Targets on the seed means (std = the larger of the two rows\' stds); beside them, the difference seed by seed '
-          '(each seed is one labeled split, shared by every row), whose std leaves out how lucky the split was:', '',
+    L += ['', 'Targets on the seed means over the seeds both rows have (n; std = the larger of the two rows\' '
+          'stds on those seeds); beside them, the difference seed by seed (each seed is one labeled split, shared by every row), '
+          'whose std leaves out how lucky the split was:', '',
           '| target | measured | met | per seed: mean ± std (n) |', '|---|---|---|---|']
     for g in check_targets(t):
-        v = '–' if g['value'] is None else f"{g['value']:+.1f}" + (f" (std {g['std']:.1f})" if g.get('std') is not None else '')
+        v = '–' if g['value'] is None else f"{g['value']:+.1f} (" + (f"std {g['std']:.1f}, " if g.get('std') is not None else '') + f"n={g['n']})"
         met = '–' if g['met'] is None else ('yes' if g['met'] else 'no') + ('' if g.get('complete', True) else ' (seeds missing)')
         pd = g.get('paired')
         pds = '–' if not pd else f"{pd['mean']:+.1f}" + (f" ± {pd['std']:.1f}" if pd['std'] is not None else '') + f" ({pd['n']})"
