@@ -488,7 +488,7 @@ def run_cells(protocol: str, cells: list, out, root: Optional[str] = None, jobs:
     while running: reap(); time.sleep(0.5)
     return res
 
-# %% ../nbs/12_bench.ipynb #09e537a2
+# %% ../nbs/12_bench.ipynb #f38affc4
 def table_row(rows: list, row: str, part: str, finished: bool = False) -> Optional[dict]:
     "The entry of `row` at partition `part` in a table's `rows` (only if it has finished cells, with `finished`), else None."
     return next((r for r in rows if r['row'] == row and r['part'] == part and (r['n'] or not finished)), None)
@@ -517,7 +517,8 @@ def collect_table(protocol: str, out) -> dict:
                     n_labeled=m.get('n_labeled'), miou=m['final']['miou'], best_miou=m['best']['miou'], iou=m['final']['iou'],
                     wall_time_s=m.get('wall_time_s'), it_per_s=m.get('it_per_s'), iters=m['iters'],
                     curve=[(h['iter'], h['miou']) for h in hist],
-                    pseudo=[(h['iter'], h['pl_acc'], h['pl_miou']) for h in hist if 'pl_miou' in h])
+                    pseudo=[(h['iter'], h['pl_acc'], h['pl_miou']) for h in hist if 'pl_miou' in h],
+                    pl_kept=next((h['pl_kept'] for h in reversed(hist) if 'pl_kept' in h), None))
         cells.append(cell); rows[key]['cells'].append(cell)
     table = []
     for r in rows.values():
@@ -528,7 +529,9 @@ def collect_table(protocol: str, out) -> dict:
                           miou_seeds=[c['miou'] for c in cs], n_labeled=cs[0]['n_labeled'] if cs else None,
                           iou_mean={k: _mean_std([c['iou'][k] for c in cs if c['iou'][k] is not None])[0] for k in classes},
                           wall_time_s_mean=_mean_std([c['wall_time_s'] for c in cs if c['wall_time_s']])[0],
-                          pl_miou_final=_mean_std([c['pseudo'][-1][2] for c in cs if c['pseudo']])[0]))
+                          pl_miou_final=_mean_std([c['pseudo'][-1][2] for c in cs if c['pseudo']])[0],
+                          pl_acc_final=_mean_std([c['pseudo'][-1][1] for c in cs if c['pseudo']])[0],
+                          pl_kept_final=_mean_std([c['pl_kept'] for c in cs if c.get('pl_kept') is not None])[0]))
     get = lambda row, part: table_row(table, row, part)
     lab = [r for r in p['rows'] if 'labels' in r['groups']]
     labels = None
@@ -616,7 +619,7 @@ def _mean_on(r: Optional[dict], seeds: Optional[list]) -> Optional[float]:
     xs = [x for s, x in zip(r['seeds'], r['miou_seeds']) if s in seeds]
     return statistics.fmean(xs) if xs else None
 
-# %% ../nbs/12_bench.ipynb #3300025d
+# %% ../nbs/12_bench.ipynb #ee7fdc6b
 def on_shared_seeds(a: Optional[dict], b: Optional[dict]) -> tuple:
     "Rows `a`, `b` cut down to the seeds both have (mean, std and n recomputed), so that their means compare the same splits; as given without per-seed values."
     if not (a and b and a.get('seeds') and b.get('seeds')): return a, b
@@ -646,6 +649,12 @@ def check_targets(t: dict, main: str = 'mkd', base: str = 'sup', peers=('mt', 'c
     res.append(target(f"{main} at {t['parts'][-1]} within 2 mIoU of {base} with all labels", get(main, t['parts'][-1]), get(base, 'all'),
                       lambda v, sd: v >= -2))
     return res
+
+def _pl_text(r) -> str:
+    "Pseudo-label mIoU / accuracy / kept share of a table row, '–' for rows without pseudo-labels."
+    if r.get('pl_miou_final') is None: return '–'
+    f = lambda k: '–' if r.get(k) is None else f"{r[k]:.0f}"
+    return f"{r['pl_miou_final']:.1f} / {f('pl_acc_final')} / {f('pl_kept_final')}"
 
 def _fmt(r) -> str:
     if not r or not r['n']: return '–'
@@ -726,10 +735,12 @@ def render_table_md(t: dict) -> str:
     done = [r for r in t['rows'] if r['n']]
     if done:
         L += ['', 'Every finished run: val mIoU per seed (seed: mIoU; seed s is the same labeled split in every row), wall time and the '
-              'teachers\' final pseudo-label mIoU on the unlabeled images (mean over seeds):', '',
-              '| row | part | val mIoU per seed | wall time per run (min) | pseudo-label mIoU on unlabeled, end (%) |', '|---|---|---|---|---|']
+              'teachers\' pseudo-labels on the unlabeled images over the last evaluation interval (means over seeds): mIoU and pixel '
+              'accuracy on the pixels the confidence threshold keeps, and the share kept. A threshold keeps the easy pixels, so '
+              'compare mIoU and accuracy between rows that keep similar shares:', '',
+              '| row | part | val mIoU per seed | wall time per run (min) | pseudo-labels: mIoU / acc / kept (%) |', '|---|---|---|---|---|']
         L += [f"| {r['row']} | {r['part']} | {', '.join(f'{s}: {v:.1f}' for s, v in zip(r['seeds'], r['miou_seeds']))} | {(r['wall_time_s_mean'] or 0) / 60:.1f} | "
-              f"{'–' if r['pl_miou_final'] is None else format(r['pl_miou_final'], '.1f')} |" for r in done]
+              f"{_pl_text(r)} |" for r in done]
     m = t['machine']
     L += ['', f"{len(t['cells'])} runs, {t['compute_s'] / 3600:.2f} h of training in all; machine: {m['processor']}, {m['cpus']} CPUs, "
           f"{m['platform']}, torch {m['torch']}."]
