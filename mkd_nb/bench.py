@@ -619,15 +619,16 @@ def _mean_on(r: Optional[dict], seeds: Optional[list]) -> Optional[float]:
     xs = [x for s, x in zip(r['seeds'], r['miou_seeds']) if s in seeds]
     return statistics.fmean(xs) if xs else None
 
-# %% ../nbs/12_bench.ipynb #ee7fdc6b
+# %% ../nbs/12_bench.ipynb #3cb82cbd
 def on_shared_seeds(a: Optional[dict], b: Optional[dict]) -> tuple:
     "Rows `a`, `b` cut down to the seeds both have (mean, std and n recomputed), so that their means compare the same splits; as given without per-seed values."
-    if not (a and b and a.get('seeds') and b.get('seeds')): return a, b
-    both = [s for s in a['seeds'] if s in b['seeds']]
+    both = _shared_seeds([a, b]) if a and b else None
+    if both is None: return a, b
     def cut(r):
-        xs = [x for s, x in zip(r['seeds'], r['miou_seeds']) if s in both]
+        kept = [(s, x) for s, x in zip(r['seeds'], r['miou_seeds']) if s in both]
+        xs = [x for _, x in kept]
         m, sd = _mean_std(xs) if xs else (None, None)
-        return dict(r, seeds=both, miou_seeds=xs, n=len(xs), miou_mean=m, miou_std=sd)
+        return dict(r, seeds=[s for s, _ in kept], miou_seeds=xs, n=len(xs), miou_mean=m, miou_std=sd)
     return cut(a), cut(b)
 
 def check_targets(t: dict, main: str = 'mkd', base: str = 'sup', peers=('mt', 'cps', 'unimatch')) -> list:
