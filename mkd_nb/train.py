@@ -283,6 +283,7 @@ class Trainer:
         self.it, self.best, self.history, self.skipped, self.wall = 0, {'miou': -1.0, 'iter': 0}, [], 0, 0.0
         self.pl_cm = ConfusionMatrix(C)
         if t.resume: self.resume(t.resume)
+        if self.it == 0 and self.is_main: self._fresh_log()
         if self.world > 1: self._agree()
         self.log.info(f"{self.method.name} on {cfg.data.dataset}: {len(self.data['labeled'])} labeled, "
                       f"{len(self.data['unl_ids'])} unlabeled, {C} classes; device {self.device}, {self.world} process(es); "
@@ -378,14 +379,23 @@ class Trainer:
                                     f"{name} is intact: make room and continue with --resume auto") from e
 
     # -- logs -------------------------------------------------------------------------------------
-    def _read_jsonl(self):
-        f = self.out / 'metrics.jsonl'
+    def _read_jsonl(self, f=None):
+        f = f or self.out / 'metrics.jsonl'
         if not f.exists(): return []
         rows = []
         for line in f.read_text().splitlines():
             try: rows.append(json.loads(line))
             except json.JSONDecodeError: pass   # a torn last line from a kill
         return rows
+
+    def _fresh_log(self):
+        "A run that starts at iteration 0 writes a new log: rows left by an earlier run whose checkpoint is gone are moved aside, never mixed in."
+        f = self.out / 'metrics.jsonl'
+        if not (f.exists() and f.stat().st_size): return
+        old = self.out / 'metrics.stale.jsonl'
+        os.replace(f, old)
+        self.log.warning(f"{f} held {len(self._read_jsonl(old))} rows of an earlier run with no checkpoint to resume from: "
+                         f"moved to {old.name}; this run starts a fresh log")
 
     def _rewrite_jsonl(self):
         tmp = self.out / 'metrics.jsonl.tmp'
