@@ -849,7 +849,9 @@ def _lock_held(d: Path) -> bool:
     finally: os.close(fd)
 
 def plan_cells(protocol: str, cells: list, out) -> list:
-    "For each of `cells`: {'name', 'status', 'est_s', 'basis'}; `est_s` estimates the wall time of an unfinished cell (None: no basis)."
+    """For each of `cells`: {'name', 'status', 'est_s', 'basis', 'missing'}; `est_s` estimates the wall time of an unfinished cell (None: no basis).
+    A cell whose teacher finished but left no checkpoint here (a fresh clone keeps run folders, not checkpoints) is 'blocked';
+    `missing` maps each such teacher cell to its own wall time, the price of training it again."""
     import math
     out, all_cells, nets = Path(out), protocol_cells(protocol), {}
     def net(c):   # (encoder, decoder width): fixed by the row
@@ -868,8 +870,11 @@ def plan_cells(protocol: str, cells: list, out) -> list:
     for c in cells:
         st, k = status[c['name']][0], (c['method'],) + net(c)
         if st == 'todo' and _lock_held(out / 'runs' / c['name']): st = 'running'
+        missing = {dep: status[dep][1].get('wall_time_s') for dep in c['needs'].values()
+                   if status[dep][0] == 'done' and not Path(need_path(out, dep)).is_file()}
+        if st == 'todo' and missing: st = 'blocked'
         est, basis = None, None
-        if st in ('todo', 'running'):
+        if st in ('todo', 'running', 'blocked'):
             refs = [m for m in ratio if m != c['method'] and (m,) + own in by_net]
             if c['row'] in by_row:
                 w = by_row[c['row']]; est, basis = statistics.median(w), f"median of {len(w)} finished cell(s) of this row"
@@ -879,16 +884,22 @@ def plan_cells(protocol: str, cells: list, out) -> list:
                 ref = min(refs, key=lambda m: abs(math.log(ratio[c['method']] / ratio[m])))
                 est = ratio[c['method']] / ratio[ref] * statistics.median(by_net[(ref,) + own])
                 basis = f"{ref} cells x {ratio[c['method']] / ratio[ref]:.2f} (step-time table)"
-        res.append(dict(name=c['name'], status=st, est_s=est, basis=basis))
+        if st == 'blocked':
+            basis = (basis + '; ' if basis else '') + f"blocked: {', '.join(missing)} left no checkpoint here; move {'its folder' if len(missing) == 1 else 'their folders'} away to train again"
+        res.append(dict(name=c['name'], status=st, est_s=est, basis=basis, missing=missing))
     return res
 
 def _plan_lines(plan: list, jobs: int) -> list:
     if jobs < 1: raise ConfigError('jobs', f'--jobs must be at least 1, not {jobs}')
-    L = [f"{p['status']:7s} {p['name']:44s}" + ('' if p['est_s'] is None else f" ~{p['est_s'] / 60:4.0f} min  ({p['basis']})") for p in plan]
-    todo, count = [p for p in plan if p['status'] == 'todo'], lambda st: sum(p['status'] == st for p in plan)
-    est = [p['est_s'] for p in todo if p['est_s'] is not None]
-    unknown = len(todo) - len(est)
-    L.append(f"{len(todo)} of {len(plan)} cells to run ({count('done')} done, {count('running')} running elsewhere, {count('stale')} stale): "
+    L = [f"{p['status']:7s} {p['name']:44s}" + ('' if p['est_s'] is None else f" ~{p['est_s'] / 60:4.0f} min") +
+         (f"  ({p['basis']})" if p['basis'] else '') for p in plan]
+    todo, count = [p for p in plan if p['status'] in ('todo', 'blocked')], lambda st: sum(p['status'] == st for p in plan)
+    again = {dep: w for p in plan if p['status'] == 'blocked' for dep, w in p['missing'].items()}   # teachers to train again, once each
+    est = [p['est_s'] for p in todo if p['est_s'] is not None] + [w for w in again.values() if w]
+    unknown = len(todo) - sum(p['est_s'] is not None for p in todo) + sum(not w for w in again.values())
+    L.append(f"{len(todo)} of {len(plan)} cells to run ({count('done')} done, {count('running')} running elsewhere, {count('stale')} stale"
+             + (f", {count('blocked')} blocked until {len(again)} finished teacher cell(s) whose checkpoints are gone train again, "
+                f"counted below" if again else '') + f"): "
              f"about {sum(est) / 3600:.1f} cell-hours" + (f" plus {unknown} without an estimate" if unknown else '') +
              f"; with --jobs {jobs}, at least {max(sum(est) / jobs, max(est, default=0)) / 3600:.1f} h of wall time "
              f"(estimates from cells run two at a time, one thread each)")
