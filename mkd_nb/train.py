@@ -379,8 +379,8 @@ class Trainer:
                                     f"{name} is intact: make room and continue with --resume auto") from e
 
     # -- logs -------------------------------------------------------------------------------------
-    def _read_jsonl(self, f=None):
-        f = f or self.out / 'metrics.jsonl'
+    def _read_jsonl(self):
+        f = self.out / 'metrics.jsonl'
         if not f.exists(): return []
         rows = []
         for line in f.read_text().splitlines():
@@ -389,13 +389,14 @@ class Trainer:
         return rows
 
     def _fresh_log(self):
-        "A run that starts at iteration 0 writes a new log: rows left by an earlier run whose checkpoint is gone are moved aside, never mixed in."
+        "A run that starts at iteration 0 writes a new log: rows of an earlier run it does not continue go to `metrics.stale.jsonl` (appended, so several such runs all stay), never mixed in."
         f = self.out / 'metrics.jsonl'
-        if not (f.exists() and f.stat().st_size): return
-        old = self.out / 'metrics.stale.jsonl'
-        os.replace(f, old)
-        self.log.warning(f"{f} held {len(self._read_jsonl(old))} rows of an earlier run with no checkpoint to resume from: "
-                         f"moved to {old.name}; this run starts a fresh log")
+        text = f.read_text() if f.exists() else ''
+        if not text: return
+        with open(self.out / 'metrics.stale.jsonl', 'a') as g: g.write(text if text.endswith('\n') else text + '\n')
+        f.unlink()
+        self.log.warning(f"{f} held {len(text.splitlines())} rows of an earlier run that this one does not continue: "
+                         "moved to metrics.stale.jsonl; this run starts a fresh log")
 
     def _rewrite_jsonl(self):
         tmp = self.out / 'metrics.jsonl.tmp'
