@@ -662,7 +662,9 @@ def _fmt(r) -> str:
     if not r or not r['n']: return '–'
     return f"{r['miou_mean']:.1f} ± {r['miou_std']:.1f} ({r['n']})" if r['miou_std'] is not None else f"{r['miou_mean']:.1f} ({r['n']})"
 
-def _pm(d: dict) -> str: return f"{d['mean']:+.1f}" + ('' if d['std'] is None else f" ± {d['std']:.1f}") + f", n={d['n']}"
+def _pm(d: dict, brackets=False) -> str:
+    "A difference `{'mean', 'std', 'n'}` as '+1.0 ± 0.4, n=2' (or '+1.0 ± 0.4 (2)' in table cells)."
+    return f"{d['mean']:+.1f}" + ('' if d['std'] is None else f" ± {d['std']:.1f}") + (f" ({d['n']})" if brackets else f", n={d['n']}")
 
 def _gap_text(s: dict) -> str:
     b, sup = s['best_teacher'], s.get('student_sup')
@@ -712,7 +714,7 @@ def render_table_md(t: dict) -> str:
         v = '–' if g['value'] is None else f"{g['value']:+.1f} (" + (f"std {g['std']:.1f}, " if g.get('std') is not None else '') + f"n={g['n']})"
         met = '–' if g['met'] is None else ('yes' if g['met'] else 'no') + ('' if g.get('complete', True) else ' (seeds missing)')
         pd = g.get('paired')
-        pds = '–' if not pd else f"{pd['mean']:+.1f}" + (f" ± {pd['std']:.1f}" if pd['std'] is not None else '') + f" ({pd['n']})"
+        pds = '–' if not pd else _pm(pd, brackets=True)
         L.append(f"| {g['target']} | {v} | {met} | {pds} |")
     ref_of = lambda r: r.get('ref') or 'mkd'
     # every ablation at the headline; at the other partitions, the variants that were run there (a test on splits not tuned on)
@@ -727,7 +729,7 @@ def render_table_md(t: dict) -> str:
         for r in abl:
             ref = get(ref_of(r), r['part'])
             dv = None if not ref or r['row'] == ref['row'] else seed_diff(r, ref)
-            d = '–' if not dv else f"{dv['mean']:+.1f}" + ('' if dv['std'] is None else f" ± {dv['std']:.1f}") + f" ({dv['n']})"
+            d = '–' if not dv else _pm(dv, brackets=True)
             L.append(f"| {r['row']} | {r['part']} | {_fmt(r)} | {'–' if r['row'] == ref_of(r) else ref_of(r)} | {d} |")
     L += _render_mgd(t.get('mgd'))
     head = [get(r, t['headline']) for r in main] + [get(main[0], 'all') if main else None]
