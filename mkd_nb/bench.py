@@ -669,9 +669,13 @@ def _fmt(r) -> str:
     if not r or not r['n']: return '–'
     return f"{r['miou_mean']:.1f} ± {r['miou_std']:.1f} ({r['n']})" if r['miou_std'] is not None else f"{r['miou_mean']:.1f} ({r['n']})"
 
+def _signed(x: float) -> str:
+    "`x` with its sign to one decimal; a difference that rounds to zero reads '+0.0', never '-0.0'."
+    return f"{round(x, 1) + 0.0:+.1f}"   # round() keeps the sign of a negative zero; adding +0.0 drops it
+
 def _pm(d: dict, brackets=False) -> str:
     "A difference `{'mean', 'std', 'n'}` as '+1.0 ± 0.4, n=2' (or '+1.0 ± 0.4 (2)' in table cells)."
-    return f"{d['mean']:+.1f}" + ('' if d['std'] is None else f" ± {d['std']:.1f}") + (f" ({d['n']})" if brackets else f", n={d['n']}")
+    return _signed(d['mean']) + ('' if d['std'] is None else f" ± {d['std']:.1f}") + (f" ({d['n']})" if brackets else f", n={d['n']}")
 
 def _gap_text(s: dict) -> str:
     b, sup = s['best_teacher'], s.get('student_sup')
@@ -688,7 +692,7 @@ def _render_mgd(s: Optional[dict]) -> list:
          '| network | role | trained by | mIoU | Δ vs MGD (shared seeds) | params (M) | GFLOPs | × student |', '|---|---|---|---|---|---|---|---|']
     stud = next(e for e in s['entries'] if e['row'] == 'sup')
     for e in s['entries']:
-        d = '–' if not e.get('minus_mgd') else f"{e['minus_mgd']['mean']:+.1f} ({e['minus_mgd']['n']})"
+        d = '–' if not e.get('minus_mgd') else f"{_signed(e['minus_mgd']['mean'])} ({e['minus_mgd']['n']})"
         L.append(f"| {e['net']} | {e['role']} | {e['trained_by']} | {_fmt(e)} | {d} | {e['params_M']:.1f} | {e['gflops']:.2f} | "
                  f"{e['gflops'] / stud['gflops']:.2f} |")
     on = '' if s.get('seeds') is None else f" on the seeds all of them have ({', '.join(map(str, s['seeds'])) or 'none'})"
@@ -712,13 +716,13 @@ def render_table_md(t: dict) -> str:
     lt = t.get('labels_test')
     L += ['', '**Labels test** (supervised, all labels vs the smallest partition; the protocol can see labels if the gap is >= 8 mIoU): ' +
           ('not measured yet' if not lt else f"{lt['all_mean']:.1f} (n={lt['all_n']}) vs {lt['smallest_mean']:.1f} (n={lt['smallest_n']}) "
-           f"at {lt['smallest']}: gap {lt['gap']:+.1f} mIoU, **{'passed' if lt['passed'] else 'failed'}**" + ('' if lt['complete'] else ' (seeds missing)'))]
+           f"at {lt['smallest']}: gap {_signed(lt['gap'])} mIoU, **{'passed' if lt['passed'] else 'failed'}**" + ('' if lt['complete'] else ' (seeds missing)'))]
     L += ['', 'Targets on the seed means over the seeds both rows have (n; std = the larger of the two rows\' '
           'stds on those seeds); beside them, the difference seed by seed (each seed is one labeled split, shared by every row), '
           'whose std leaves out how lucky the split was:', '',
           '| target | measured | met | per seed: mean ± std (n) |', '|---|---|---|---|']
     for g in check_targets(t):
-        v = '–' if g['value'] is None else f"{g['value']:+.1f} (" + (f"std {g['std']:.1f}, " if g.get('std') is not None else '') + f"n={g['n']})"
+        v = '–' if g['value'] is None else _signed(g['value']) + " (" + (f"std {g['std']:.1f}, " if g.get('std') is not None else '') + f"n={g['n']})"
         met = '–' if g['met'] is None else ('yes' if g['met'] else 'no') + ('' if g.get('complete', True) else ' (seeds missing)')
         pd = g.get('paired')
         pds = '–' if not pd else _pm(pd, brackets=True)
