@@ -277,6 +277,9 @@ PROTOCOLS = {
             # CPS taught by the other student's argmax on the mixed image (MKD's CPS term) rather than by its predictions on the
             # unmixed images (CPS code): how the first cps cells ran, until their pseudo-labels showed the collapse; one seed, as measured
             _row('cps mixed targets', 'cps', ('ablation',), parts=('1/16',), seeds=(0,), ref='cps', cps_targets='mixed'),
+            # UniMatch without its code's final / 2, which at one learning rate halves its step against every other row's: found
+            # at 1/32, where UniMatch ended below supervised on every seed (NOTES.md), and run at every partition
+            _row('unimatch full loss', 'unimatch', ('ablation',), ref='unimatch', halve_loss=False),
             # MGD at the headline partition: the student is the protocol's network, so `sup` and `cps` are its supervised-only
             # and CPS-only rows; the teachers are trained by CPS on the same split and budget (smaller than the paper's pair)
             _row('mgd teacher deep', 'cps', ('distillation',), parts=('1/16',), ref='mgd', encoder='resnet34'),

@@ -114,6 +114,7 @@ class MethodConfig:
     scl_samples: int = 1024
     # --- UniMatch ---
     fp_dropout: float = 0.5        # Dropout2d on encoder features for the feature-perturbation stream
+    halve_loss: bool = True        # UniMatch code: the whole loss / 2 (half the step of the other methods at one LR); False: no / 2
     # --- MGD ---
     teacher_deep: Optional[str] = None   # checkpoint of the deep teacher
     teacher_wide: Optional[str] = None   # checkpoint of the wide teacher

@@ -16,11 +16,11 @@ from fastcore.script import call_parse, Param, store_true
 from fastprogress.fastprogress import progress_bar
 
 from .core import *
-from .augment import normalize
+from .augment import normalize, WeakView
 from .models import SegNet, eval_model_from_checkpoint, load_checkpoint
 
 # %% auto #0
-__all__ = ['ConfusionMatrix', 'window_starts', 'predict', 'evaluate', 'format_results', 'mkd_eval', 'main']
+__all__ = ['ConfusionMatrix', 'window_starts', 'predict', 'evaluate', 'recalibrate_bn', 'format_results', 'mkd_eval', 'main']
 
 # %% ../nbs/09_evaluate.ipynb #0b021770
 class ConfusionMatrix:
@@ -160,6 +160,34 @@ def evaluate(net, ds, num_classes: int, device='cpu', mode: str = 'whole', windo
     res['n_images'] = len(ds)
     return res
 
+# %% ../nbs/09_evaluate.ipynb #0e085c99
+def recalibrate_bn(net: nn.Module, ds, view, ids=None, batches: int = 60, batch_size: int = 16, seed: int = 0,
+                   device='cpu') -> nn.Module:
+    "A copy of `net` in eval mode whose batch-norm statistics are re-estimated on `view(img, mask)` crops of `ds[ids]`."
+    bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not bns: raise ValueError("recalibrate_bn: the network has no batch-norm layer with running statistics")
+    ids = list(range(len(ds))) if ids is None else list(ids)
+    if not ids: raise ValueError("recalibrate_bn: no images to estimate the statistics on (ids is empty)")
+    if batches < 1 or batch_size < 2: raise ValueError(f"recalibrate_bn: need batches >= 1 and batch_size >= 2, got {batches}, {batch_size}")
+    import copy
+    net = copy.deepcopy(net)
+    bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    old = [m.momentum for m in bns]
+    for m in bns: m.reset_running_stats(); m.momentum = None   # momentum None: cumulative (plain) average
+    g = torch.Generator().manual_seed(seed)
+    net.train()
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)                              # the view draws from the global generator
+            for _ in range(batches):
+                pick = torch.randint(len(ids), (batch_size,), generator=g).tolist()
+                x = torch.stack([normalize(view(*ds[ids[i]])[0]) for i in pick])
+                net(x.to(device))
+    finally:
+        for m, mo in zip(bns, old): m.momentum = mo
+    return net.eval()
+
+
 # %% ../nbs/09_evaluate.ipynb #212425b8
 def _split_name(split: str) -> str:
     return split if split in ('train', 'val', 'test') else Path(split).stem
@@ -193,10 +221,12 @@ def mkd_eval(ckpt: str = None,          # checkpoint file (a run's best.pt or la
              out: str = None,           # JSON file for the results (default: RUN/eval_<split>.json)
              device: str = 'auto',      # 'auto', 'cpu', 'cuda', ...
              quiet: store_true = False,  # no progress bar
-             gallery: str = None):      # PNG grid of 8 images with ground truth, pseudo-labels, confidence (mkd_nb.viewer)
+             gallery: str = None,       # PNG grid of 8 images with ground truth, pseudo-labels, confidence (mkd_nb.viewer)
+             bn_recal: int = 0,         # re-estimate batch-norm statistics on this many batches of weak training crops first
+             bn_data: str = 'train'):   # images for --bn-recal: 'train' (all), 'labeled' (RUN/splits/labeled.txt) or a split file
     "Evaluate a checkpoint: print mIoU and per-class IoU and write them as JSON."
     if not ckpt: raise ValueError("--ckpt RUN/best.pt is required")
-    return _eval_checkpoint(ckpt, dataset, root, split, sliding, window, flip, save_preds, out, device, quiet, gallery)
+    return _eval_checkpoint(ckpt, dataset, root, split, sliding, window, flip, save_preds, out, device, quiet, gallery, bn_recal, bn_data)
 
 def main():
     "Console entry point: `mkd-eval --ckpt RUN/best.pt ...` (dashed or underscored flags); errors are one line, exit status 2."
@@ -204,7 +234,18 @@ def main():
     except (ValueError, FileNotFoundError) as e:  # ConfigError, CheckpointError, DataError are ValueErrors
         print(f"mkd-eval: error: {e}", file=sys.stderr); sys.exit(2)
 
-def _eval_checkpoint(ckpt, dataset, root, split, sliding, window, flip, save_preds, out, device, quiet, gallery=None):
+def _bn_images(ckpt, name, root, C, dcfg, bn_data):
+    "The training dataset and the ids `--bn-data` names, checked before any work is done."
+    from mkd_nb.data import get_dataset, read_split
+    kw = {k: dcfg[k2] for k, k2 in (('n', 'synthetic_train'), ('size', 'synthetic_size')) if k2 in dcfg} if name == 'synthetic' else {}
+    train = get_dataset(name, root=root, split='train', num_classes=C, **kw)
+    if bn_data == 'train': return train, None
+    f = Path(ckpt).parent / 'splits' / 'labeled.txt' if bn_data == 'labeled' else Path(bn_data)
+    if not f.is_file(): raise FileNotFoundError(f"{f}: no such split file for --bn-data {bn_data!r} (use 'train', 'labeled' or a split file)")
+    return train, read_split(f, train)
+
+def _eval_checkpoint(ckpt, dataset, root, split, sliding, window, flip, save_preds, out, device, quiet, gallery=None,
+                     bn_recal=0, bn_data='train'):
     from mkd_nb.data import get_dataset
     ck = load_checkpoint(ckpt)
     dcfg = dict((ck.get('config') or {}).get('data') or {})
@@ -219,6 +260,12 @@ def _eval_checkpoint(ckpt, dataset, root, split, sliding, window, flip, save_pre
         raise ValueError(f"{ckpt}: the network predicts {C} classes but dataset {name!r} has {ds.num_classes}")
     dev = get_device(device)
     net = eval_model_from_checkpoint(ck, dev, path=ckpt)
+    if bn_recal:
+        train, ids = _bn_images(ckpt, name, root, C, dcfg, bn_data)
+        if ids is not None:
+            pos = {k: i for i, k in enumerate(train.ids)}; ids = [pos[k] for k in ids]
+        view = WeakView(int(dcfg.get('crop', 96)), (dcfg.get('scale_min', 0.5), dcfg.get('scale_max', 2.0)))
+        net = recalibrate_bn(net, train, view, ids=ids, batches=int(bn_recal), device=dev)
     mode = 'sliding' if sliding else 'whole'
     win = (window or dcfg.get('crop')) if sliding else None
     on_pred = None
@@ -228,7 +275,8 @@ def _eval_checkpoint(ckpt, dataset, root, split, sliding, window, flip, save_pre
     names = ck.get('class_names') or list(ds.info.classes)
     res = evaluate(net, ds, C, dev, mode=mode, window=win, flip=flip, class_names=names, progress=not quiet, on_pred=on_pred)
     print(format_results(res))
-    report = dict(ckpt=str(ckpt), iter=ck.get('iter'), dataset=name, root=root, split=split, mode=mode, window=win, flip=bool(flip), **res)
+    report = dict(ckpt=str(ckpt), iter=ck.get('iter'), dataset=name, root=root, split=split, mode=mode, window=win, flip=bool(flip),
+                  bn_recal=int(bn_recal), bn_data=bn_data if bn_recal else None, **res)
     out = Path(out) if out else Path(ckpt).parent / f"eval_{_split_name(split)}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + '\n')

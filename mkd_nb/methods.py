@@ -186,7 +186,7 @@ class UniMatch(Method):
         terms = {'sup': ce_loss(p_x, labels_at(lab['mask'], p_x.shape[-2:])),
                  'strong': (pseudo_ce(p_s1, pl_1, v_1) + pseudo_ce(p_s2, pl_2, v_2)) / 2,
                  'fp': pseudo_ce(p_fp, pl_w, valid)}
-        loss = (terms['sup'] + 0.5 * terms['strong'] + 0.5 * terms['fp']) / 2
+        loss = (terms['sup'] + 0.5 * terms['strong'] + 0.5 * terms['fp']) / (2 if o.halve_loss else 1)
         return {'loss': loss, **{k: t.detach() for k, t in terms.items()}, 'pseudo': (pl_1, labels_at(mix(m1, perm1, unl['gt'])[0], pl_1.shape[-2:])),
                 'mixed': x1.detach()}
 

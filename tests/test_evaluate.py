@@ -92,3 +92,31 @@ def test_cli_bad_checkpoint(tmp_path):
     from mkd_nb.evaluate import mkd_eval
     with pytest.raises(FileNotFoundError, match='missing.pt: no such file'): mkd_eval(ckpt=str(tmp_path / 'missing.pt'))
     with pytest.raises(ValueError, match='--ckpt RUN/best.pt is required'): mkd_eval(quiet=True)
+
+
+def test_bn_recal_matches_direct_computation_and_keeps_checkpoint(run, tmp_path):
+    "`--bn-recal` evaluates the network `recalibrate_bn` gives on weak training crops; the checkpoint file is not touched."
+    import hashlib
+    from mkd_nb.augment import WeakView
+    from mkd_nb.evaluate import mkd_eval, recalibrate_bn
+    before = hashlib.sha256(run['ckpt'].read_bytes()).hexdigest()
+    rep = mkd_eval(ckpt=str(run['ckpt']), bn_recal=2, out=str(tmp_path / 'bn.json'), quiet=True)
+    assert rep['bn_recal'] == 2 and rep['bn_data'] == 'train'
+    assert json.loads((tmp_path / 'bn.json').read_text())['bn_recal'] == 2
+    cfg = make_config('sup', dataset='synthetic', synthetic_val=N_VAL, synthetic_size=SIZE, crop=32)
+    train = get_dataset('synthetic', split='train', n=cfg.data.synthetic_train, size=SIZE)
+    net = recalibrate_bn(run['net'], train, WeakView(32, (cfg.data.scale_min, cfg.data.scale_max)), batches=2)
+    ref = evaluate(net, run['ds'], run['C'], class_names=list(run['ds'].info.classes), progress=False)
+    assert rep['miou'] == pytest.approx(ref['miou'], abs=1e-6)
+    # the statistics did change (a random network's running stats are the initial 0/1), and the file did not
+    bn = next(m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert not torch.allclose(bn.running_mean, torch.zeros_like(bn.running_mean))
+    assert hashlib.sha256(run['ckpt'].read_bytes()).hexdigest() == before
+    plain = mkd_eval(ckpt=str(run['ckpt']), out=str(tmp_path / 'plain.json'), quiet=True)
+    assert plain['bn_recal'] == 0 and plain['bn_data'] is None
+
+
+def test_bn_recal_missing_split_file_is_a_clear_error(run):
+    r = _cli('--ckpt', run['ckpt'], '--bn-recal', '2', '--bn-data', 'labeled', '--quiet')
+    assert r.returncode == 2 and 'Traceback' not in r.stderr
+    assert 'splits/labeled.txt: no such split file' in r.stderr, r.stderr
