@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_evaluate.ipynb #568c793a
 from __future__ import annotations
-import json, math
+import copy, json, math
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -164,14 +164,12 @@ def evaluate(net, ds, num_classes: int, device='cpu', mode: str = 'whole', windo
 def recalibrate_bn(net: nn.Module, ds, view, ids=None, batches: int = 60, batch_size: int = 16, seed: int = 0,
                    device='cpu') -> nn.Module:
     "A copy of `net` in eval mode whose batch-norm statistics are re-estimated on `view(img, mask)` crops of `ds[ids]`."
-    bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    if not bns: raise ValueError("recalibrate_bn: the network has no batch-norm layer with running statistics")
     ids = list(range(len(ds))) if ids is None else list(ids)
     if not ids: raise ValueError("recalibrate_bn: no images to estimate the statistics on (ids is empty)")
     if batches < 1 or batch_size < 2: raise ValueError(f"recalibrate_bn: need batches >= 1 and batch_size >= 2, got {batches}, {batch_size}")
-    import copy
     net = copy.deepcopy(net)
     bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not bns: raise ValueError("recalibrate_bn: the network has no batch-norm layer with running statistics")
     old = [m.momentum for m in bns]
     for m in bns: m.reset_running_stats(); m.momentum = None   # momentum None: cumulative (plain) average
     g = torch.Generator().manual_seed(seed)
@@ -234,38 +232,41 @@ def main():
     except (ValueError, FileNotFoundError) as e:  # ConfigError, CheckpointError, DataError are ValueErrors
         print(f"mkd-eval: error: {e}", file=sys.stderr); sys.exit(2)
 
+def _ckpt_dataset(name, root, split, C, dcfg):
+    "Dataset `name` at `split`, sized like the checkpoint's synthetic data when it is synthetic (its train or val set)."
+    from mkd_nb.data import get_dataset
+    kw = {}
+    if name == 'synthetic':
+        kw = {k: dcfg[k2] for k, k2 in (('n', 'synthetic_train' if split == 'train' else 'synthetic_val'), ('size', 'synthetic_size')) if k2 in dcfg}
+    elif name == 'voc' and split == 'train_aug': kw = {'aug': True}   # the 10 582-image pool has SegmentationClassAug masks
+    return get_dataset(name, root=root, split=split, num_classes=C, **kw)
+
 def _bn_images(ckpt, name, root, C, dcfg, bn_data):
-    "The training dataset and the ids `--bn-data` names, checked before any work is done."
-    from mkd_nb.data import get_dataset, read_split
-    kw = {k: dcfg[k2] for k, k2 in (('n', 'synthetic_train'), ('size', 'synthetic_size')) if k2 in dcfg} if name == 'synthetic' else {}
-    train = get_dataset(name, root=root, split='train', num_classes=C, **kw)
-    if bn_data == 'train': return train, None
-    f = Path(ckpt).parent / 'splits' / 'labeled.txt' if bn_data == 'labeled' else Path(bn_data)
-    if not f.is_file(): raise FileNotFoundError(f"{f}: no such split file for --bn-data {bn_data!r} (use 'train', 'labeled' or a split file)")
-    return train, read_split(f, train)
+    "The training images `--bn-data` names: the run's whole training pool, its labeled split or a split file."
+    from mkd_nb.data import read_split
+    f = None if bn_data == 'train' else Path(ckpt).parent / 'splits' / 'labeled.txt' if bn_data == 'labeled' else Path(bn_data)
+    if f is not None and not f.is_file():
+        raise FileNotFoundError(f"{f}: no such split file for --bn-data {bn_data!r} (use 'train', 'labeled' or a split file)")
+    train = _ckpt_dataset(name, root, dcfg.get('train_split', 'train'), C, dcfg)
+    return train if f is None else train.subset(read_split(f, train))
 
 def _eval_checkpoint(ckpt, dataset, root, split, sliding, window, flip, save_preds, out, device, quiet, gallery=None,
                      bn_recal=0, bn_data='train'):
-    from mkd_nb.data import get_dataset
     ck = load_checkpoint(ckpt)
     dcfg = dict((ck.get('config') or {}).get('data') or {})
     name = dataset or dcfg.get('dataset', 'synthetic')
     root = root if root is not None else (dcfg.get('root') if name == dcfg.get('dataset') else None)
     C = int(ck['num_classes'])
-    kw = {}
-    if name == 'synthetic':
-        kw = {k: dcfg[k2] for k, k2 in (('n', 'synthetic_val' if split != 'train' else 'synthetic_train'), ('size', 'synthetic_size')) if k2 in dcfg}
-    ds = get_dataset(name, root=root, split=split, num_classes=C, **kw)
+    ds = _ckpt_dataset(name, root, split, C, dcfg)
     if ds.num_classes != C:
         raise ValueError(f"{ckpt}: the network predicts {C} classes but dataset {name!r} has {ds.num_classes}")
+    bn_ds = _bn_images(ckpt, name, root, C, dcfg, bn_data) if bn_recal else None   # a bad --bn-data fails before any work
     dev = get_device(device)
     net = eval_model_from_checkpoint(ck, dev, path=ckpt)
     if bn_recal:
-        train, ids = _bn_images(ckpt, name, root, C, dcfg, bn_data)
-        if ids is not None:
-            pos = {k: i for i, k in enumerate(train.ids)}; ids = [pos[k] for k in ids]
-        view = WeakView(int(dcfg.get('crop', 96)), (dcfg.get('scale_min', 0.5), dcfg.get('scale_max', 2.0)))
-        net = recalibrate_bn(net, train, view, ids=ids, batches=int(bn_recal), device=dev)
+        d = DataConfig()   # the training view of the checkpoint's config (its defaults for fields it predates)
+        view = WeakView(int(dcfg.get('crop', d.crop)), (dcfg.get('scale_min', d.scale_min), dcfg.get('scale_max', d.scale_max)))
+        net = recalibrate_bn(net, bn_ds, view, batches=int(bn_recal), device=dev)
     mode = 'sliding' if sliding else 'whole'
     win = (window or dcfg.get('crop')) if sliding else None
     on_pred = None
