@@ -279,7 +279,8 @@ PROTOCOLS = {
             _row('cps mixed targets', 'cps', ('ablation',), parts=('1/16',), seeds=(0,), ref='cps', cps_targets='mixed'),
             # UniMatch without its code's final / 2, which at one learning rate halves its step against every other row's: found
             # at 1/32, where UniMatch ended below supervised on every seed (NOTES.md), and run at every partition
-            _row('unimatch full loss', 'unimatch', ('ablation',), ref='unimatch', halve_loss=False),
+            # (group 'peer': held to the peers' targets as well, so MKD is not measured only against the half-step form)
+            _row('unimatch full loss', 'unimatch', ('ablation', 'peer'), ref='unimatch', halve_loss=False),
             # MGD at the headline partition: the student is the protocol's network, so `sup` and `cps` are its supervised-only
             # and CPS-only rows; the teachers are trained by CPS on the same split and budget (smaller than the paper's pair)
             _row('mgd teacher deep', 'cps', ('distillation',), parts=('1/16',), ref='mgd', encoder='resnet34'),
@@ -642,12 +643,11 @@ def on_shared_seeds(a: Optional[dict], b: Optional[dict]) -> tuple:
         return dict(r, seeds=[s for s, _ in kept], miou_seeds=xs, n=len(xs), miou_mean=m, miou_std=sd)
     return cut(a), cut(b)
 
-def check_targets(t: dict, main: str = 'mkd', base: str = 'sup', peers=('mt', 'cps', 'unimatch'),
-                  peer_variants=('unimatch full loss',)) -> list:
+def check_targets(t: dict, main: str = 'mkd', base: str = 'sup', peers=('mt', 'cps', 'unimatch')) -> list:
     "The benchmark's targets on table `t`: [{'target', 'value', 'n', 'met', 'paired'}], means over the seeds both rows have; `met` None if undecidable."
-    # a peer's variant that the table has run (UniMatch without its code's final / 2) is held to the same target as the peer:
-    # beating a peer only in the form that takes half steps under the protocol's one learning rate would flatter the main method
-    peers = tuple(peers) + tuple(v for v in peer_variants if any(r['row'] == v and r['n'] for r in t['rows']))
+    # a peer's variant that the protocol puts in group 'peer' and the table has run (UniMatch without its code's final / 2) is
+    # held to the same target: beating a peer only in a form that takes half steps at the protocol's one learning rate flatters
+    peers = tuple(dict.fromkeys([*peers, *(r['row'] for r in t['rows'] if 'peer' in r.get('groups', ()) and r['n'])]))
     get = lambda row, part: table_row(t['rows'], row, part, finished=True)
     full = lambda *rs: all(r and r['n'] == r.get('planned', r['n']) for r in rs)
     def target(name, a, b, test, with_std=False):
@@ -973,7 +973,7 @@ def mkd_bench(   # no @call_parse: under `python -m mkd_nb.bench` it would parse
     size:str='240x180',       # flops: image size WIDTHxHEIGHT
     set:str=None,             # other config fields: name=value,...
     protocol:str=None,        # table (and step): protocol preset, e.g. camvid-cpu
-    only:str=None,            # table: comma-separated rows (or groups: main, ablation, labels) to run
+    only:str=None,            # table: comma-separated rows (or groups: main, ablation, labels, peer) to run
     shard:str=None,           # table: run only shard i/n of the cells
     parts:str=None,           # table: comma-separated partitions to run (1/32,all)
     seeds:str=None,           # table: comma-separated seeds to run (0,1)

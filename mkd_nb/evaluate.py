@@ -278,7 +278,9 @@ def _eval_checkpoint(ckpt, dataset, root, split, sliding, window, flip, save_pre
     print(format_results(res))
     report = dict(ckpt=str(ckpt), iter=ck.get('iter'), dataset=name, root=root, split=split, mode=mode, window=win, flip=bool(flip),
                   bn_recal=int(bn_recal), bn_data=bn_data if bn_recal else None, **res)
-    out = Path(out) if out else Path(ckpt).parent / f"eval_{_split_name(split)}.json"
+    # a re-estimated network's report gets a name of its own, so it never overwrites the checkpoint's plain evaluation
+    tag = f"_bn{int(bn_recal)}_{_split_name(bn_data)}" if bn_recal else ''
+    out = Path(out) if out else Path(ckpt).parent / f"eval_{_split_name(split)}{tag}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + '\n')
     print(f"wrote {out}")

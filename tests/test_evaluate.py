@@ -116,6 +116,11 @@ def test_bn_recal_matches_direct_computation_and_keeps_checkpoint(run, tmp_path)
     plain = mkd_eval(ckpt=str(run['ckpt']), out=str(tmp_path / 'plain.json'), quiet=True)
     assert plain['bn_recal'] == 0 and plain['bn_data'] is None
     assert plain['miou'] != pytest.approx(rep['miou'], abs=1e-3)   # on this network the statistics change the predictions
+    # without --out, the re-estimated report is named after its options and leaves the plain evaluation's file alone
+    plain_default = mkd_eval(ckpt=str(run['ckpt']), quiet=True)
+    mkd_eval(ckpt=str(run['ckpt']), bn_recal=2, quiet=True)
+    assert json.loads((run['out'] / 'eval_val_bn2_train.json').read_text())['bn_recal'] == 2
+    assert json.loads((run['out'] / 'eval_val.json').read_text())['miou'] == pytest.approx(plain_default['miou'], abs=1e-9)
 
 
 def test_bn_recal_missing_split_file_is_a_clear_error(run):
