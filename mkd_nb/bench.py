@@ -735,14 +735,14 @@ def render_table_md(t: dict) -> str:
         pd = g.get('paired')
         pds = '–' if not pd else _pm(pd, brackets=True)
         L.append(f"| {g['target']} | {v} | {met} | {pds} |")
-    ref_of = lambda r: r.get('ref') or 'mkd'
+    ref_of = lambda r: r.get('ref') or r['row']     # a row without a reference is its own (no Δ)
     # every ablation at the headline; at the other partitions, the variants that were run there (a test on splits not tuned on)
     abl = [r for r in t['rows'] if 'ablation' in r['groups'] and r['part'] == t['headline']]
     abl += [r for p in t['parts'] if p != t['headline'] for r in t['rows']
             if 'ablation' in r['groups'] and r['part'] == p and r['n'] and r['row'] != ref_of(r)]
     if abl:
         L += ['', f"Ablations at {t['headline']}, and at the other partitions where a variant was run (Δ against the reference row at "
-              "the same partition, `mkd` unless named, seed by seed over the seeds both rows have: mean ± std (number of seeds); each "
+              "the same partition (column `reference`), seed by seed over the seeds both rows have: mean ± std (number of seeds); each "
               "seed is one labeled split, so a variant run on one seed is compared with the reference on that seed, not with its mean):", '',
               '| variant | part | mIoU | reference | Δ |', '|---|---|---|---|---|']
         for r in abl:
