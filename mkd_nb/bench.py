@@ -20,7 +20,8 @@ __all__ = ['PROTOCOLS', 'reset_peak', 'peak_mib', 'bench_step', 'stand_in_teache
            'bench_loader', 'write_results', 'bench_flops', 'cell_name', 'protocol_cells', 'select_cells',
            'cell_command', 'need_path', 'protocol_root', 'cell_config', 'cell_status', 'cell_done', 'run_cells',
            'table_row', 'collect_table', 'paired_diff', 'seed_diff', 'mgd_summary', 'on_shared_seeds', 'check_targets',
-           'render_table_md', 'plot_table', 'write_table', 'render_results_md', 'plan_cells', 'mkd_bench', 'main']
+           'render_table_md', 'plot_table', 'write_table', 'read_caveats', 'screen_top', 'render_results_md',
+           'plan_cells', 'mkd_bench', 'main']
 
 # %% ../nbs/12_bench.ipynb #698b5439
 def reset_peak(device):
@@ -734,14 +735,14 @@ def render_table_md(t: dict) -> str:
         pd = g.get('paired')
         pds = '–' if not pd else _pm(pd, brackets=True)
         L.append(f"| {g['target']} | {v} | {met} | {pds} |")
-    ref_of = lambda r: r.get('ref') or 'mkd'
+    ref_of = lambda r: r.get('ref') or r['row']     # a row without a reference is its own (no Δ)
     # every ablation at the headline; at the other partitions, the variants that were run there (a test on splits not tuned on)
     abl = [r for r in t['rows'] if 'ablation' in r['groups'] and r['part'] == t['headline']]
     abl += [r for p in t['parts'] if p != t['headline'] for r in t['rows']
             if 'ablation' in r['groups'] and r['part'] == p and r['n'] and r['row'] != ref_of(r)]
     if abl:
         L += ['', f"Ablations at {t['headline']}, and at the other partitions where a variant was run (Δ against the reference row at "
-              "the same partition, `mkd` unless named, seed by seed over the seeds both rows have: mean ± std (number of seeds); each "
+              "the same partition (column `reference`), seed by seed over the seeds both rows have: mean ± std (number of seeds); each "
               "seed is one labeled split, so a variant run on one seed is compared with the reference on that seed, not with its mean):", '',
               '| variant | part | mIoU | reference | Δ |', '|---|---|---|---|---|']
         for r in abl:
@@ -816,52 +817,136 @@ def _write_atomic(path, text: str):
     tmp.write_text(text); os.replace(tmp, path)
 
 # %% ../nbs/12_bench.ipynb #37d2fea0
+def _best_bold(cells: dict) -> dict:
+    "Text of each cell {key: row or None}, the largest seed mean in bold (and every cell tying with it at one decimal)."
+    means = {k: round(r['miou_mean'], 1) for k, r in cells.items() if r and r['n']}
+    top = max(means.values()) if len(means) > 1 else None    # one value alone is not 'the best' of anything
+    return {k: f"**{_fmt(r)}**" if top is not None and means.get(k) == top else _fmt(r) for k, r in cells.items()}
+
+def _main_table(t: dict) -> list:
+    "The main rows at every partition (labeled images in brackets), the best seed mean of each column in bold."
+    get = lambda row, part: table_row(t['rows'], row, part)
+    main = list(dict.fromkeys(r['row'] for r in t['rows'] if 'main' in r['groups']))
+    parts = t['parts'] + (['all'] if any(r['part'] == 'all' for r in t['rows']) else [])
+    nl = {r['part']: r['n_labeled'] for r in t['rows'] if r['n_labeled']}
+    cols = {p: _best_bold({r: get(r, p) for r in main}) for p in parts}
+    head = ['| method | ' + ' | '.join(f"{p} ({nl[p]})" if p in nl else p for p in parts) + ' |',
+            '|---|' + '---|' * len(parts)]
+    return head + [f"| {r} | " + ' | '.join(cols[p][r] for p in parts) + ' |' for r in main]
+
+def _ablation_table(t: dict) -> list:
+    "A line per variant of group 'ablation': Δ against its reference at each partition (mean ± std of per-seed Δ)."
+    get = lambda row, part: table_row(t['rows'], row, part, finished=True)
+    var = [r for r in t['rows'] if 'ablation' in r['groups'] and r['n'] and r.get('ref') and r['ref'] != r['row']]
+    parts = [p for p in t['parts'] if any(r['part'] == p for r in var)]
+    def cell(row, ref, p):
+        r = get(row, p); d = seed_diff(r, get(ref, p)) if r else None
+        return '–' if not d else _pm(d, brackets=True)
+    head = ['| variant | against | ' + ' | '.join(parts) + ' |', '|---|---|' + '---|' * len(parts)]
+    return head + [f"| {row} | {ref} | " + ' | '.join(cell(row, ref, p) for p in parts) + ' |'
+                   for row, ref in dict.fromkeys((r['row'], r['ref']) for r in var)]
+
+def _labels_caveat(t: dict) -> Optional[str]:
+    "The labels test as a caveat: None once it passes with every seed in, else its numbers."
+    lt = t.get('labels_test')
+    if not lt: return "**Labels test not measured yet**: until it passes, the table cannot show label efficiency."
+    if lt['passed'] and lt['complete']: return None
+    return (f"**Labels test {'failed' if not lt['passed'] else 'passed on missing seeds'}**: `{lt['row']}` with all "
+            f"labels {lt['all_mean']:.1f} (n={lt['all_n']}) vs {lt['smallest_mean']:.1f} (n={lt['smallest_n']}) at "
+            f"{lt['smallest']}, gap {_signed(lt['gap'])} mIoU, short of what the protocol needs to see labels, so the "
+            "table cannot measure what unlabeled images add.")
+
+def _targets_caveat(t: dict) -> str:
+    "How many targets are met, naming them; the rest are in the details."
+    gs = t.get('targets') or check_targets(t)
+    met = [f"`{g['target']}`" for g in gs if g['met']]
+    return (f"**Targets**: {len(met)} of {len(gs)} met" + (f" ({'; '.join(met)})" if met else '') +
+            '; all of them, with the per-seed differences, in the details.')
+
+def read_caveats(out) -> dict:
+    "The hand-written `caveats.json` of results folder `out`: {'protocol': a line, 'more': [lines]}, stating no number."
+    f = Path(out) / 'caveats.json'
+    if not f.exists(): return dict(protocol=None, more=[])
+    try: c = json.loads(f.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError('results', f"{f}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    c = dict(protocol=c.get('protocol'), more=list(c.get('more', [])))
+    for s in [c['protocol'] or '', *c['more']]:
+        if any(ch.isdigit() for ch in s):   # numbers come from table.json through the renderer, never from prose
+            raise ConfigError('results', f"{f}: hand-written caveats may state no number, found one in {s[:60]!r}")
+    return c
+
+def screen_top(md: str) -> list:
+    "The lines of Markdown `md` above its first image: what a reader sees before scrolling to the figures."
+    L = md.splitlines()
+    return L[:next((i for i, l in enumerate(L) if l.startswith('![')), len(L))]
+
 def render_results_md(t: dict, out, at='.') -> str:
-    "The text of RESULTS.md for table `t` whose files live in `out`, with links relative to the folder `at` RESULTS.md is written to."
-    out = Path(out); c = t['cfg']
-    rel = Path(os.path.relpath(out, at)).as_posix()
-    cmd = f"mkd-bench table --protocol {t['protocol']} --out {out.as_posix()} --results-md RESULTS.md"
-    L = ['# Results', '', f"Generated from `{out.as_posix()}/table.json` by `{cmd}` (add `--render-only` to re-render without training; "
-         'the command runs every cell that is not finished, so it also fills the table from nothing).', '',
-         f"## Protocol `{t['protocol']}`", '', t['doc'] + '.', '',
-         f"- Partitions of the training set: {', '.join(t['parts'])} labeled (the rest unlabeled), plus all labels for the supervised row; "
-         f"seeds {', '.join(map(str, t['seeds']))} (split seed = training seed). Split files are kept in each run's folder.",
-         f"- Model and budget, the same for every method: `{json.dumps(c)}`.",
-         '- Reported: val mIoU at the last iteration (no best-checkpoint picking on val), whole-image inference.', '',
-         '## Tables', '', render_table_md(t),
-         f"Figures: [mIoU vs labels]({rel}/miou_vs_labels.png), [val mIoU over training]({rel}/curves.png), "
-         f"[pseudo-label mIoU on unlabeled images]({rel}/pseudo_labels.png).", '']
+    "RESULTS.md of table `t` (files in `out`, links relative to folder `at`): one screen of tables, then figures."
+    out = Path(out); rel = lambda p: Path(os.path.relpath(p, at)).as_posix()
+    cav = read_caveats(out)
+    parts = ', '.join(t['parts']) + (' and all' if any(r['part'] == 'all' for r in t['rows']) else '')
+    L = ['# Results', '',
+         f"**Protocol `{t['protocol']}`**: {t['doc']}; {parts} of the training set labeled, seeds "
+         f"{', '.join(map(str, t['seeds']))}; {t.get('eval_split', 'val')} mIoU (%) at the last iteration, "
+         "mean ± std over seeds (n)." + (f" **Caveat:** {cav['protocol']}" if cav['protocol'] else ''), '']
+    L += _main_table(t)
+    L += ['', '## Caveats', '']
+    L += [f"- {c}" for c in [_labels_caveat(t), _targets_caveat(t), *cav['more']] if c]
+    if t.get('mgd'): L.append('- ' + _render_mgd(t['mgd'])[-1])
+    L += ['', "## Ablations (Δ mIoU against the reference row at the same partition: mean ± std of the per-seed "
+          "differences (seeds))", '']
+    L += _ablation_table(t)
+    L += ['', '## Figures', '']
+    L += [f"![{p.stem.replace('_', ' ')}]({rel(p)})" for p in sorted(out.glob('*.png'))]
+    L += ['', '## More', '',
+          f"- [DECISIONS.md]({rel(Path(at) / 'DECISIONS.md')}): each choice of the recipe, its question, and the runs "
+          "that decided it.",
+          f"- [Every table]({rel(out / 'table.md')}): the targets, the ablations at every partition, the distillation "
+          "rows against their cost, per-class IoU, and every run's mIoU per seed, wall time and pseudo-label quality.",
+          f"- Regenerate: `mkd-bench table --protocol {t['protocol']} --out {rel(out)} --results-md RESULTS.md` (add "
+          "`--render-only` to re-render without training; without it, the command runs every unfinished cell).",
+          f"- {len(t['cells'])} runs, {t['compute_s'] / 3600:.1f} h of training; machine: {t['machine']['processor']}, "
+          f"{t['machine']['cpus']} CPUs, torch {t['machine']['torch']}.", '']
+    return '\n'.join(L + _render_costs(t, out, rel))
+
+def _render_costs(t: dict, out, rel=lambda p: Path(p).as_posix()) -> list:
+    "Step time per method, CPU settings and network costs: the benchmark JSONs beside results folder `out` that exist."
+    out, L, nan = Path(out), [], float('nan')
     step = out / 'step-cpu.json'
     if step.exists():
-        rs = json.loads(step.read_text())
-        L += ['## Step time and peak memory per method', '', f"`mkd-bench step --protocol {t['protocol']} --out {out.as_posix()}` "
-              '(median of timed steps, synthetic tensors of the protocol\'s sizes; peak = process high-water mark):', '',
+        L += ['## Step time and peak memory per method', '',
+              f"`mkd-bench step --protocol {t['protocol']} --out {rel(out)}` (median of timed steps, synthetic tensors "
+              "of the protocol's sizes; peak = process high-water mark):", '',
               '| method | forward images | step (s) | × sup | peak (MiB) |', '|---|---|---|---|---|']
-        L += [f"| {r['method']} | {r['forward_images']} | {r['step_s']:.3f} | {r.get('time_vs_sup', float('nan')):.2f} | "
-              f"{r['peak_mib'] or float('nan'):.0f} |" for r in rs]
+        L += [f"| {r['method']} | {r['forward_images']} | {r['step_s']:.3f} | {r.get('time_vs_sup', nan):.2f} | "
+              f"{r['peak_mib'] or nan:.0f} |" for r in json.loads(step.read_text())]
         L.append('')
     sett = out.parent / 'bench' / 'settings-cpu.json'
     if sett.exists():
-        rs = json.loads(sett.read_text())
-        L += ['## CPU settings', '', f"`mkd-bench settings --protocol {t['protocol']} --method sup,mkd --threads 2 --compile --pair "
-              f"--out {sett.parent.as_posix()}` (median step time over interleaved rounds; × = ratio to 2 threads, contiguous, eager):", '',
-              '| method | threads | channels_last | compile | step (s) | × plain | set-up incl. compile (s) |', '|---|---|---|---|---|---|---|']
-        L += [f"| {r['method']} | {r['threads'] if not r.get('note') else '2 × 1 (two runs at once)'} | {'yes' if r['channels_last'] else 'no'} | "
-              f"{'yes' if r['compile'] else 'no'} | {r['step_s']:.3f} | {r['time_vs_plain']:.2f} | {r['setup_s']:.0f} |" for r in rs]
+        L += ['## CPU settings', '',
+              f"`mkd-bench settings --protocol {t['protocol']} --method sup,mkd --threads 2 --compile --pair "
+              f"--out {rel(sett.parent)}` (median step time over interleaved rounds; × = ratio to 2 threads, "
+              "contiguous, eager):", '',
+              '| method | threads | channels_last | compile | step (s) | × plain | set-up incl. compile (s) |',
+              '|---|---|---|---|---|---|---|']
+        yes = lambda b: 'yes' if b else 'no'
+        L += [f"| {r['method']} | {r['threads'] if not r.get('note') else '2 × 1 (two runs at once)'} | "
+              f"{yes(r['channels_last'])} | {yes(r['compile'])} | {r['step_s']:.3f} | {r['time_vs_plain']:.2f} | "
+              f"{r['setup_s']:.0f} |" for r in json.loads(sett.read_text())]
         L += ['', 'For two runs at once, × is the time per step of the pair (each run\'s step time halved).', '']
     fl = out.parent / 'bench' / 'flops.json'
     if fl.exists():
         rs = json.loads(fl.read_text())
-        L += ['## Network costs (MGD students and teachers)', '', f"`mkd-bench flops ... --size {rs[0]['size']} --set decoder_channels="
-              f"{rs[0]['decoder_channels']} --out {fl.parent.as_posix()}` (DeepLabV3+; forward FLOPs per image counted by "
-              f"`torch.utils.flop_counter`; images/s: batch 1, {rs[0]['threads']} thread(s), median of timed passes):", '',
+        L += ['## Network costs (distillation students and teachers)', '',
+              f"`mkd-bench flops ... --size {rs[0]['size']} --set decoder_channels={rs[0]['decoder_channels']} "
+              f"--out {rel(fl.parent)}` (DeepLabV3+; forward FLOPs per image counted by `torch.utils.flop_counter`; "
+              f"images/s: batch 1, {rs[0]['threads']} thread(s), median of timed passes):", '',
               '| role | encoder | params (M) | GFLOPs | × ResNet-18 | images/s |', '|---|---|---|---|---|---|']
-        L += [f"| {r['role']} | {r['encoder']} | {r['params_M']:.1f} | {r['gflops']:.2f} | {r.get('flops_x_resnet18', float('nan')):.2f} | "
-              f"{r['img_per_s']:.2f} |" for r in rs]
+        L += [f"| {r['role']} | {r['encoder']} | {r['params_M']:.1f} | {r['gflops']:.2f} | "
+              f"{r.get('flops_x_resnet18', nan):.2f} | {r['img_per_s']:.2f} |" for r in rs]
         L.append('')
-    notes = out / 'NOTES.md'
-    if notes.exists(): L += ['## Notes', '', notes.read_text().strip(), '']
-    return '\n'.join(L)
+    return L
 
 # %% ../nbs/12_bench.ipynb #13bb37e7
 def _lock_held(d: Path) -> bool:
