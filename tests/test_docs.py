@@ -87,7 +87,7 @@ def test_committed_notebooks_show_their_figures():
     for name, want in build_docs.MIN_IMAGES.items():
         r = build_docs.figure_report(REPO / 'nbs' / name)
         assert r['figure_text'] == [], f"nbs/{name}: figure shown as text in cell(s) {r['figure_text']}"
-        if r['cells_with_output'] == 0: unexecuted.append(name); continue
+        if r['cells_with_output'] == 0 and want: unexecuted.append(name); continue
         if r['images'] < want: short.append(f"{name}: {r['images']} images, declares {want}")
     assert not short, 'notebooks show fewer images than they declare: ' + '; '.join(short)
     assert set(build_docs.MIN_IMAGES) == {p.name for p in build_docs.all_notebooks()}, 'every notebook declares its images'

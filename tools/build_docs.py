@@ -26,8 +26,8 @@ MATHJAX_FONTS = ('<script type="text/x-mathjax-config">MathJax.Hub.Config({"HTML
 MIN_IMAGES = {
     'index.ipynb': 2, '00_core.ipynb': 1, '01_data.ipynb': 1, '02_augment.ipynb': 2, '03_loader.ipynb': 1,
     '04_models.ipynb': 0, '05_ema.ipynb': 1, '06_feature_aug.ipynb': 3, '07_losses.ipynb': 0, '08_methods.ipynb': 1,
-    '08a_mgd.ipynb': 4, '09_evaluate.ipynb': 1, '10_train.ipynb': 1, '11_viewer.ipynb': 2, '12_bench.ipynb': 3,
-    '13_ablations.ipynb': 6,
+    '08a_mgd.ipynb': 4, '09_evaluate.ipynb': 1, '10_train.ipynb': 0, '11_viewer.ipynb': 2, '12_bench.ipynb': 1,
+    '13_ablations.ipynb': 7,
 }
 FIGURE_TEXT = re.compile(r'^<\w*Figure size \d+(\.\d+)?x\d+(\.\d+)? with \d+ Axes>')
 
@@ -143,7 +143,8 @@ def _exporter():
             return nb, resources
 
     ex = HTMLExporter(template_name='lab', mathjax_url=f'mathjax/MathJax.js?config={MATHJAX_CONFIG}', require_js_url='',
-                      jupyter_widgets_base_url='', widget_renderer_url='')
+                      jupyter_widgets_base_url='', widget_renderer_url='',
+                      exclude_input_prompt=True, exclude_output_prompt=True)   # nbdev_clean drops the counts anyway
     ex.register_preprocessor(ReaderView(), enabled=True)
     return ex
 
