@@ -10,9 +10,11 @@ export MKD_CAMVID
 # Nothing may reach a model hub at test time.
 export HF_HUB_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
-export MPLBACKEND := Agg
+# Headless plots for the targets that run code unattended; `lab` and `docs` unset it so kernels get inline figures
+# (ipykernel switches to inline plots only when MPLBACKEND is unset).
+test test-slow results results-table demo: export MPLBACKEND := Agg
 
-.PHONY: install demo test test-fast test-slow results results-table lab export bench-loader clean browser
+.PHONY: install demo test test-fast test-slow results results-table lab docs docs-site export bench-loader clean browser
 
 $(STAMP): settings.ini setup.py
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -50,7 +52,16 @@ results-table: install
 	$(BIN)/mkd-bench table --protocol camvid-cpu --out results/camvid-cpu --results-md RESULTS.md --render-only
 
 lab: install
-	$(BIN)/jupyter lab --ip 127.0.0.1 --no-browser --notebook-dir nbs
+	env -u MPLBACKEND $(BIN)/jupyter lab --ip 127.0.0.1 --no-browser --notebook-dir nbs
+
+# Executes every notebook on CPU (cells flagged slow/cuda/results are skipped), saves the outputs into nbs/*.ipynb
+# (then nbdev_clean: outputs kept, metadata stripped) and builds the offline HTML site in _docs/ (MathJax bundled).
+# `make docs NBS="nbs/00_core.ipynb nbs/13_ablations.ipynb"` does a few; `make docs-site` only rebuilds the HTML.
+docs: install
+	env -u MPLBACKEND $(BIN)/python tools/build_docs.py --execute $(NBS)
+
+docs-site: install
+	env -u MPLBACKEND $(BIN)/python tools/build_docs.py $(NBS)
 
 export: install
 	$(BIN)/nbdev_export

@@ -8,13 +8,13 @@ import json, os
 from pathlib import Path
 
 import numpy as np
-from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
-from .core import ConfigError
+from .core import ConfigError, NotebookFigure
 from .bench import table_row, seed_diff
 
 # %% auto #0
-__all__ = ['find_results', 'load_table', 'ablation_figure', 'class_iou_figure', 'mgd_figure']
+__all__ = ['find_results', 'load_table', 'main_table_figure', 'ablation_figure', 'class_iou_figure', 'mgd_figure']
 
 # %% ../nbs/13_ablations.ipynb #3d65ae25
 def find_results(protocol: str = 'camvid-cpu') -> Path:
@@ -34,14 +34,40 @@ def load_table(path) -> dict:
     if missing: raise ConfigError('results', f"{f}: not a table of mkd-bench (missing {sorted(missing)})")
     return t
 
+# %% ../nbs/13_ablations.ipynb #aa5b7739
+def main_table_figure(t: dict) -> NotebookFigure:
+    "The main rows' val mIoU (mean ± std over seeds) per partition as a shaded grid, the best finished cell of each column framed."
+    rows = list(dict.fromkeys(r['row'] for r in t['rows'] if 'main' in r['groups']))
+    cols = [p for p in (*t['parts'], 'all') if any(r['part'] == p and r['n'] for r in t['rows'] if r['row'] in rows)]
+    get = lambda row, part: table_row(t['rows'], row, part, finished=True)
+    a = np.array([[get(r, p)['miou_mean'] if get(r, p) else np.nan for p in cols] for r in rows], dtype=float).reshape(len(rows), len(cols))
+    fig = NotebookFigure(figsize=(1.3 + 1.25 * max(len(cols), 1), 0.5 + 0.32 * max(len(rows), 1))); ax = fig.add_subplot()
+    if not np.isfinite(a).any():
+        ax.text(0.5, 0.5, 'no finished runs yet', ha='center', va='center', transform=ax.transAxes); ax.set_axis_off()
+        return fig
+    lo, hi = np.nanmin(a), np.nanmax(a)
+    span = hi - lo + 1e-9                                   # light shades only: the text stays readable
+    ax.imshow(a, cmap='Greens', vmin=lo - 0.2 * span, vmax=hi + 0.9 * span, aspect='auto')
+    for i, j in np.ndindex(a.shape):
+        r = get(rows[i], cols[j])
+        best = np.isfinite(a[i, j]) and a[i, j] == np.nanmax(a[:, j])
+        txt = '–' if r is None else f"{r['miou_mean']:.1f}" + (f" ± {r['miou_std']:.1f}" if r['miou_std'] is not None else '') + f" ({r['n']})"
+        ax.text(j, i, txt, ha='center', va='center', fontsize=7.5, fontweight='bold' if best else 'normal')
+        if best: ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec='k', lw=1.5))
+    ax.set_xticks(range(len(cols)), [f"{p} labeled" if p != 'all' else 'all labels' for p in cols], fontsize=8)
+    ax.set_yticks(range(len(rows)), rows, fontsize=8); ax.tick_params(length=0)
+    ax.set_title(f"{t['protocol']}: val mIoU (%), mean ± std (seeds)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
 # %% ../nbs/13_ablations.ipynb #acbf777b
-def ablation_figure(t: dict, ref: str = 'mkd') -> Figure:
+def ablation_figure(t: dict, ref: str = 'mkd') -> NotebookFigure:
     "Bar chart of each ablation's mIoU change against its reference row (`ref` unless the row names another) at the headline partition."
     h = t['headline']
     get = lambda name: table_row(t['rows'], name, h, finished=True)
     pairs = [(r, get(r.get('ref') or ref)) for r in t['rows'] if 'ablation' in r['groups'] and r['part'] == h and r['n']]
     pairs = [(r, b) for r, b in pairs if b and b['row'] != r['row']]
-    fig = Figure(figsize=(6, 0.5 + 0.4 * max(len(pairs), 1))); ax = fig.add_subplot()
+    fig = NotebookFigure(figsize=(6, 0.5 + 0.4 * max(len(pairs), 1))); ax = fig.add_subplot()
     # per-seed differences where the rows have them; tables without per-seed values fall back to the seed means
     ds = [seed_diff(r, b) for r, b in pairs]
     pairs = [(r, b, x) for (r, b), x in zip(pairs, ds)]
@@ -57,10 +83,10 @@ def ablation_figure(t: dict, ref: str = 'mkd') -> Figure:
     return fig
 
 # %% ../nbs/13_ablations.ipynb #f891e106
-def class_iou_figure(t: dict) -> Figure:
+def class_iou_figure(t: dict) -> NotebookFigure:
     "Heat map of the per-class IoU seed means of the main rows at the headline partition (and supervised with all labels)."
     rows = [r for r in t['rows'] if r['n'] and 'main' in r['groups'] and r['part'] in (t['headline'], 'all')]
-    fig = Figure(figsize=(8, 0.6 + 0.35 * max(len(rows), 1))); ax = fig.add_subplot()
+    fig = NotebookFigure(figsize=(8, 0.6 + 0.35 * max(len(rows), 1))); ax = fig.add_subplot()
     if rows:
         cls = list(rows[0]['iou_mean'])
         a = np.array([[np.nan if r['iou_mean'][k] is None else r['iou_mean'][k] for k in cls] for r in rows])
@@ -75,10 +101,10 @@ def class_iou_figure(t: dict) -> Figure:
     return fig
 
 # %% ../nbs/13_ablations.ipynb #18bb60de
-def mgd_figure(t: dict) -> Figure:
+def mgd_figure(t: dict) -> NotebookFigure:
     "mIoU (seed mean ± std) against forward GFLOPs per image of the students and teachers in the table's MGD summary."
     s = t.get('mgd')
-    fig = Figure(figsize=(6, 4)); ax = fig.add_subplot()
+    fig = NotebookFigure(figsize=(6, 4)); ax = fig.add_subplot()
     done = [e for e in (s or {}).get('entries', []) if e['n']]
     for e in done:
         ax.errorbar(e['gflops'], e['miou_mean'], yerr=e['miou_std'] or 0, marker='s' if e['role'] != 'student' else 'o', capsize=3,

@@ -20,8 +20,8 @@ __all__ = ['PROTOCOLS', 'reset_peak', 'peak_mib', 'bench_step', 'stand_in_teache
            'bench_loader', 'write_results', 'bench_flops', 'cell_name', 'protocol_cells', 'select_cells',
            'cell_command', 'need_path', 'protocol_root', 'cell_config', 'cell_status', 'cell_done', 'run_cells',
            'table_row', 'collect_table', 'paired_diff', 'seed_diff', 'mgd_summary', 'on_shared_seeds', 'check_targets',
-           'render_table_md', 'plot_table', 'write_table', 'read_caveats', 'screen_top', 'render_results_md',
-           'plan_cells', 'mkd_bench', 'main']
+           'render_table_md', 'table_figures', 'plot_table', 'write_table', 'read_caveats', 'screen_top',
+           'render_results_md', 'plan_cells', 'mkd_bench', 'main']
 
 # %% ../nbs/12_bench.ipynb #698b5439
 def reset_peak(device):
@@ -773,13 +773,12 @@ def render_table_md(t: dict) -> str:
           f"{m['platform']}, torch {m['torch']}."]
     return '\n'.join(L) + '\n'
 
-# %% ../nbs/12_bench.ipynb #bc70bb9a
-def plot_table(t: dict, out) -> list:
-    "Write `miou_vs_labels.png`, `curves.png` and `pseudo_labels.png` of table `t` into `out`; returns the paths."
-    import matplotlib; from matplotlib.figure import Figure
-    out, paths = Path(out), []
+# %% ../nbs/12_bench.ipynb #0b18b04b
+def table_figures(t: dict) -> dict:
+    "The three figures of table `t` by file stem: 'miou_vs_labels', 'curves' and 'pseudo_labels' (`NotebookFigure`s)."
+    figs = {}
     rows = [r for r in t['rows'] if r['n'] and 'main' in r['groups']]
-    fig = Figure(figsize=(6, 4)); ax = fig.add_subplot()
+    fig = NotebookFigure(figsize=(6, 4)); ax = fig.add_subplot()
     for name in dict.fromkeys(r['row'] for r in rows):
         rs = sorted((r for r in rows if r['row'] == name and r['part'] != 'all'), key=lambda r: r['n_labeled'])
         if rs: ax.errorbar([r['n_labeled'] for r in rs], [r['miou_mean'] for r in rs], yerr=[r['miou_std'] or 0 for r in rs],
@@ -788,9 +787,9 @@ def plot_table(t: dict, out) -> list:
         if full: ax.axhline(full['miou_mean'], ls=':', c='gray', label=f"{name}, all labels")
     ax.set(xscale='log', xlabel='labeled images', ylabel='val mIoU (%)', title=t['protocol'])
     if ax.get_legend_handles_labels()[0]: ax.legend(fontsize=7)
-    fig.tight_layout(); paths.append(out / 'miou_vs_labels.png'); fig.savefig(paths[-1], dpi=110)
-    for fname, key, ylabel in (('curves.png', 'curve', 'val mIoU (%)'), ('pseudo_labels.png', 'pseudo', 'pseudo-label mIoU on unlabeled (%)')):
-        fig = Figure(figsize=(6, 4)); ax = fig.add_subplot(); drawn = 0
+    fig.tight_layout(); figs['miou_vs_labels'] = fig
+    for stem, key, ylabel in (('curves', 'curve', 'val mIoU (%)'), ('pseudo_labels', 'pseudo', 'pseudo-label mIoU on unlabeled (%)')):
+        fig = NotebookFigure(figsize=(6, 4)); ax = fig.add_subplot(); drawn = 0
         for name in dict.fromkeys(c['row'] for c in t['cells']):
             cs = [c for c in t['cells'] if c['row'] == name and c['part'] == t['headline'] and c[key]]
             if not cs: continue
@@ -799,7 +798,15 @@ def plot_table(t: dict, out) -> list:
             ax.plot(its, ys, marker='.', label=f"{name} (n={len(cs)})"); drawn += 1
         ax.set(xlabel='iteration', ylabel=ylabel, title=f"{t['protocol']}, {t['headline']}, seed means")
         if drawn: ax.legend(fontsize=7)
-        fig.tight_layout(); paths.append(out / fname); fig.savefig(paths[-1], dpi=110)
+        fig.tight_layout(); figs[stem] = fig
+    return figs
+
+# %% ../nbs/12_bench.ipynb #bc70bb9a
+def plot_table(t: dict, out) -> list:
+    "Write `miou_vs_labels.png`, `curves.png` and `pseudo_labels.png` of table `t` into `out`; returns the paths."
+    out, paths = Path(out), []
+    for stem, fig in table_figures(t).items():
+        paths.append(out / f'{stem}.png'); fig.savefig(paths[-1], dpi=110)
     return paths
 
 def write_table(protocol: str, out, results_md: Optional[str] = None) -> dict:

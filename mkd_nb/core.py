@@ -15,7 +15,7 @@ import torch
 # %% auto #0
 __all__ = ['IGNORE_INDEX', 'DATASETS', 'ARCHS', 'METHODS', 'METHOD_DEFAULTS', 'ConfigError', 'labeled_count', 'DataConfig',
            'ModelConfig', 'MethodConfig', 'TrainConfig', 'Config', 'make_config', 'seed_everything', 'get_device',
-           'get_logger', 'cli_main']
+           'get_logger', 'cli_main', 'NotebookFigure']
 
 # %% ../nbs/00_core.ipynb #e89e694d
 IGNORE_INDEX = 255  # every dataset maps its void value here; losses and metrics skip it
@@ -370,3 +370,14 @@ def cli_main(func, argv=None):
     args = vars(p.parse_args(_underscore_flags(sys.argv[1:] if argv is None else argv)))
     args.pop('pdb', None); args.pop('xtra', None)
     return func(**args)
+
+# %% ../nbs/00_core.ipynb #e7060950
+from matplotlib.figure import Figure
+
+class NotebookFigure(Figure):
+    "A matplotlib `Figure` that Jupyter displays as a PNG wherever a cell returns it (any backend, any front end)."
+    def _repr_png_(self) -> bytes:
+        import io
+        buf = io.BytesIO()
+        self.savefig(buf, format='png', bbox_inches='tight')   # the figure's own dpi: compact files in saved notebooks
+        return buf.getvalue()
