@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-PARTS = ['env', 'amp', 'overflow', 'distributed', 'channels_last', 'bench', 'camvid', 'compile']
+PARTS = ['env', 'amp', 'overflow', 'distributed', 'channels_last', 'bench', 'compile', 'camvid']
 METHODS = ['sup', 'mt', 'cps', 'unimatch', 'mkd', 'mgd']
 
 
