@@ -63,9 +63,8 @@ gpu-check: install
 	$(BIN)/python -m mkd_nb.gpu_check $(GPU_OUT) $(if $(DRY),--dry)
 
 # What travels to a GPU machine that has torch, torchvision and timm but no registry: the wheels it lacks (into .whl/) and
-# a few CamVid images (into .gpu-data/camvid). Both folders are ignored by git. On the GPU machine, from the repo root:
-#   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && PYTHONPATH=/tmp/site:$PWD \
-#     HF_HUB_OFFLINE=1 MKD_CAMVID=.gpu-data/camvid PYTHONUNBUFFERED=1 python3 -m mkd_nb.gpu_check $OUT
+# a few CamVid images (into .gpu-data/camvid). Both folders are ignored by git; they travel with the checkout. The one
+# command that installs the wheels into a temporary site and runs the check there is in README's GPU section.
 # fastprogress 1.0.3: later releases import python-fasthtml and its dependencies; 1.0.3 needs nothing but the standard library.
 GPU_WHEELS ?= segmentation-models-pytorch==0.6.0 fastcore==1.14.5 fastprogress==1.0.3
 GPU_PLATFORMS := manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 manylinux1_x86_64
