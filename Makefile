@@ -14,7 +14,7 @@ export PYTHONUNBUFFERED := 1
 # (ipykernel switches to inline plots only when MPLBACKEND is unset).
 test test-slow results results-table demo: export MPLBACKEND := Agg
 
-.PHONY: install demo test test-fast test-slow results results-table lab docs docs-site export bench-loader clean browser
+.PHONY: install demo test test-fast test-slow results results-table lab docs docs-site export bench-loader clean browser gpu-check gpu-pack
 
 $(STAMP): settings.ini setup.py
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -66,6 +66,25 @@ docs-site: install
 export: install
 	$(BIN)/nbdev_export
 	$(BIN)/nbdev_clean
+
+# The GPU check (nbs/14_gpu_check.ipynb): every CUDA path, and memory and speed at the recipes' sizes, into $(GPU_OUT).
+# `make gpu-check DRY=1` runs the same script at tiny sizes on the CPU (the suite runs it too: tests/test_gpu_check.py).
+GPU_OUT ?= outputs/gpu-check
+gpu-check: install
+	$(BIN)/python -m mkd_nb.gpu_check $(GPU_OUT) $(if $(DRY),--dry)
+
+# What travels to a GPU machine that has torch, torchvision and timm but no registry: the wheels it lacks (into .whl/) and
+# a few CamVid images (into .gpu-data/camvid). Both folders are ignored by git; they travel with the checkout. The one
+# command that installs the wheels into a temporary site and runs the check there is in README's GPU section.
+# fastprogress 1.0.3: later releases import python-fasthtml and its dependencies; 1.0.3 needs nothing but the standard library.
+GPU_WHEELS ?= segmentation-models-pytorch==0.6.0 fastcore==1.14.5 fastprogress==1.0.3
+GPU_PLATFORMS := manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 manylinux1_x86_64
+gpu-pack: install
+	rm -rf .whl && mkdir -p .whl
+	$(BIN)/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  $(addprefix --platform ,$(GPU_PLATFORMS)) -d .whl $(GPU_WHEELS)
+	rm -rf .gpu-data/camvid && $(BIN)/python -m mkd_nb.gpu_check .gpu-data/camvid --pack-camvid $(MKD_CAMVID)
+	@du -sh .whl .gpu-data
 
 clean:
 	rm -rf $(VENV) *.egg-info _proc _docs
