@@ -14,7 +14,7 @@ export PYTHONUNBUFFERED := 1
 # (ipykernel switches to inline plots only when MPLBACKEND is unset).
 test test-slow results results-table demo: export MPLBACKEND := Agg
 
-.PHONY: install demo test test-fast test-slow results results-table lab docs docs-site export bench-loader clean browser gpu-check gpu-pack
+.PHONY: install demo test test-fast test-slow results results-table lab lab-check docs docs-site export bench-loader clean browser gpu-check gpu-pack
 
 $(STAMP): settings.ini setup.py
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -33,6 +33,14 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || (test "$$(id -u)" = 0 && command -v apt-get >/dev/null && \
 	  (apt-get install -y -q chromium >/dev/null || (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null))) || \
 	  echo "note: chromium not installed (needs root + apt); the browser test will skip"
+
+# What a reader sees after Run All in `make lab`: each notebook in JupyterLab + headless Chromium, its rendered figures
+# counted, screenshots in tests/_artifacts/. Fails on an error, a `<Figure ...>` text or fewer than LAB_MIN_IMAGES images.
+# Minutes per notebook; e.g. `make lab-check LAB_NOTEBOOKS="$(ls nbs/*.ipynb)" LAB_MIN_IMAGES=0` for the whole workbook.
+LAB_NOTEBOOKS ?= nbs/02_augment.ipynb nbs/06_feature_aug.ipynb nbs/08_methods.ipynb
+LAB_MIN_IMAGES ?= 1
+lab-check: install browser
+	$(BIN)/python tests/lab_figures.py --min-images $(LAB_MIN_IMAGES) $(LAB_NOTEBOOKS)
 
 # nbdev_test runs the test cells of every notebook; pytest runs tests/ and its summary closes the output.
 test: install browser

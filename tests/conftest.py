@@ -16,6 +16,7 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
     config.addinivalue_line('markers', 'slow: long-running test, run by `make test-slow` (pytest --run-slow)')
+    config.addinivalue_line('markers', 'browser: drives JupyterLab in headless Chromium (select with -m browser)')
 
 
 def pytest_collection_modifyitems(config, items):
