@@ -54,7 +54,7 @@ test-slow: install
 # The camvid-cpu benchmark: runs (or resumes) every unfinished cell, then rewrites results/camvid-cpu/ and RESULTS.md.
 # Hours on a 2-core CPU; interrupt at will, run again to continue. `results-table` only re-renders from the finished runs.
 results: install
-	$(BIN)/nbdev_test --path nbs/13_ablations.ipynb --flags results --timing
+	MKD_RUN_TABLE=1 $(BIN)/nbdev_test --path nbs/13_ablations.ipynb --flags results --timing
 
 results-table: install
 	$(BIN)/mkd-bench table --protocol camvid-cpu --out results/camvid-cpu --results-md RESULTS.md --render-only
