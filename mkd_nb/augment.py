@@ -16,8 +16,9 @@ from torchvision.transforms.v2 import functional as TF
 from .core import IGNORE_INDEX
 
 # %% auto #0
-__all__ = ['MEAN', 'STD', 'STRONG_KINDS', 'CUTMIX_VARIANTS', 'normalize', 'denormalize', 'WeakView', 'StrongView', 'cutmix_boxes',
-           'boxes_to_masks', 'cutmix_masks', 'classmix_masks', 'mix_perm', 'mix']
+__all__ = ['MEAN', 'STD', 'STRONG_KINDS', 'CUTMIX_VARIANTS', 'normalize', 'denormalize', 'WeakView', 'StrongView',
+           'PhotoDistortion', 'cutmix_boxes', 'boxes_to_masks', 'cutmix_masks', 'cutmix_figure', 'classmix_masks',
+           'mix_perm', 'mix']
 
 # %% ../nbs/02_augment.ipynb #4fcaaca9
 MEAN = (0.485, 0.456, 0.406)
@@ -108,21 +109,71 @@ class StrongView:
 
     def __repr__(self): return f"StrongView({self.kind!r})"
 
+# %% ../nbs/02_augment.ipynb #1313d90e
+def _rgb_to_hsv(x: torch.Tensor) -> tuple:
+    "Float RGB [3,H,W] in [0, 255] -> hue in [0, 6) sectors, saturation in [0, 1], value in [0, 255]."
+    r, g, b = x
+    v, mn = x.amax(0), x.amin(0)
+    c = v - mn
+    cz = c.clamp_min(1e-12)
+    h = torch.where(v == r, ((g - b) / cz) % 6, torch.where(v == g, (b - r) / cz + 2, (r - g) / cz + 4))
+    return torch.where(c > 0, h, torch.zeros_like(h)), torch.where(v > 0, c / v.clamp_min(1e-12), torch.zeros_like(v)), v
+
+def _hsv_to_rgb(h: torch.Tensor, s: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    "Inverse of `_rgb_to_hsv`."
+    c = v * s
+    x = c * (1 - ((h % 2) - 1).abs())
+    z = torch.zeros_like(c)
+    sector = h.floor().long().clamp(0, 5)[None]
+    pick = lambda *seq: torch.stack(seq).gather(0, sector)[0]
+    return torch.stack([pick(c, x, z, z, x, c), pick(x, c, c, x, z, z), pick(z, z, x, c, c, x)]) + (v - c)
+
+class PhotoDistortion:
+    "mmseg's photometric distortion of a uint8 image `[3,H,W]` (brightness, contrast, saturation, hue, each with p = 0.5)."
+    def __init__(self, brightness: float = 32, contrast=(0.5, 1.5), saturation=(0.5, 1.5), hue: int = 18):
+        self.brightness, self.contrast, self.saturation, self.hue = brightness, tuple(contrast), tuple(saturation), int(hue)
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        if img.ndim != 3 or img.shape[0] != 3 or img.dtype != torch.uint8:
+            raise ValueError(f"PhotoDistortion: image must be uint8 [3,H,W], got {img.dtype} {tuple(img.shape)}")
+        coin = lambda: torch.randint(2, ()).item() == 1
+        u = lambda lo, hi: lo + (hi - lo) * torch.rand(()).item()
+        to8 = lambda t: t.clamp(0, 255).floor()                  # the code's clip, then cast to uint8
+        def contrast(t): return to8(t * u(*self.contrast)) if coin() else t
+        x = img.float()
+        if coin(): x = to8(x + u(-self.brightness, self.brightness))
+        contrast_first = coin()                                   # the code's `mode`: contrast before or after the colour steps
+        if contrast_first: x = contrast(x)
+        if coin():
+            h, s, v = _rgb_to_hsv(x); x = to8(_hsv_to_rgb(h, (s * u(*self.saturation)).clamp(0, 1), v).round())
+        if coin():
+            h, s, v = _rgb_to_hsv(x)
+            shift = torch.randint(-self.hue, self.hue, ()).item() / 30 if self.hue else 0.0   # OpenCV units of 2 degrees -> sectors
+            x = to8(_hsv_to_rgb((h + shift) % 6, s, v).round())
+        if not contrast_first: x = contrast(x)
+        return x.to(torch.uint8)
+
+    def __repr__(self): return f"PhotoDistortion(brightness={self.brightness}, contrast={self.contrast}, saturation={self.saturation}, hue={self.hue})"
+
 # %% ../nbs/02_augment.ipynb #27e44ff9
-CUTMIX_VARIANTS = ('mkd', 'unimatch')
+CUTMIX_VARIANTS = ('mkd', 'mkd-wide', 'unimatch')
 
 def _rand(shape, generator, device):
     dev = generator.device if generator is not None else (device or 'cpu')
     return torch.rand(shape, generator=generator, device=dev, dtype=torch.float64)
 
 def cutmix_boxes(n: int, h: int, w: int, variant: str = 'mkd', generator: Optional[torch.Generator] = None, device=None) -> torch.Tensor:
-    "Random CutMix boxes `[n, k, 4]` (y0, x0, y1, x1; long) per `variant` ('mkd': 3 boxes 25-50 %, 'unimatch': 1 box 2-40 %, p=0.5)."
+    "Random CutMix boxes `[n, k, 4]` (y0, x0, y1, x1; long): 'mkd' 3 boxes of p/3, 'mkd-wide' 3 of p, 'unimatch' 1 box 2-40 % (p=0.5)."
     if variant not in CUTMIX_VARIANTS: raise ValueError(f"cutmix: unknown variant {variant!r}; valid: {', '.join(CUTMIX_VARIANTS)}")
-    if variant == 'mkd':
+    if variant in ('mkd', 'mkd-wide'):
         u = _rand((4, n, 3), generator, device)
         area = 0.25 + 0.25 * u[0]
         fh = area ** u[1]                       # in [area, 1]
         fw = area / fh                          # in [area, 1]
+        if variant == 'mkd':                    # both sides by sqrt(1/3): each box covers area/3 of the crop
+            fh, fw = fh * math.sqrt(1 / 3), fw * math.sqrt(1 / 3)
+            bh, bw = (fh * h).round().long(), (fw * w).round().long()
+            return _place(bh, bw, u[2], u[3], h, w, device)
         keep = torch.ones_like(area, dtype=torch.bool)
         py, px = u[2], u[3]
     else:
@@ -143,6 +194,12 @@ def cutmix_boxes(n: int, h: int, w: int, variant: str = 'mkd', generator: Option
     boxes = torch.stack([y0, x0, y0 + bh, x0 + bw], -1)
     return boxes.to(device) if device is not None else boxes
 
+def _place(bh, bw, py, px, h, w, device):
+    "Boxes of sides bh, bw at the code's positions round((side_of_crop - box_side) * u)."
+    y0, x0 = ((h - bh) * py).round().long(), ((w - bw) * px).round().long()
+    boxes = torch.stack([y0, x0, y0 + bh, x0 + bw], -1)
+    return boxes.to(device) if device is not None else boxes
+
 def boxes_to_masks(boxes: torch.Tensor, h: int, w: int) -> torch.Tensor:
     "Boxes `[n, k, 4]` -> bool masks `[n, h, w]`, True where an odd number of boxes cover the pixel (XOR)."
     ys = torch.arange(h, device=boxes.device).view(1, 1, h, 1)
@@ -152,8 +209,25 @@ def boxes_to_masks(boxes: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return (inside.sum(1) % 2).bool()
 
 def cutmix_masks(n: int, h: int, w: int, variant: str = 'mkd', generator: Optional[torch.Generator] = None, device=None) -> torch.Tensor:
-    "Bool `[n, h, w]`, True inside the CutMix boxes (= take the partner's pixel); see `cutmix_boxes` for the variants."
-    return boxes_to_masks(cutmix_boxes(n, h, w, variant, generator, device), h, w)
+    "Bool `[n, h, w]`, True = take the partner's pixel: outside the XOR boxes for 'mkd' (as the code), inside them otherwise."
+    m = boxes_to_masks(cutmix_boxes(n, h, w, variant, generator, device), h, w)
+    return ~m if variant == 'mkd' else m
+
+# %% ../nbs/02_augment.ipynb #22da0c2a
+def cutmix_figure(n: int = 6, h: int = 48, w: int = 64, seed: int = 0):
+    "A matplotlib `Figure`: one row of masks per CutMix variant (white = taken from the partner) and the partner's share."
+    from matplotlib.figure import Figure
+    g = torch.Generator().manual_seed(seed)
+    fig = Figure(figsize=(1.25 * n, 0.95 * len(CUTMIX_VARIANTS) + 0.3))
+    axs = fig.subplots(len(CUTMIX_VARIANTS), n, squeeze=False)
+    for row, var in zip(axs, CUTMIX_VARIANTS):
+        ms = cutmix_masks(n, h, w, var, generator=g)
+        for ax, m in zip(row, ms):
+            ax.imshow(m, cmap='gray', vmin=0, vmax=1, interpolation='nearest'); ax.set_xticks([]); ax.set_yticks([])
+        row[0].set_ylabel(var, fontsize=8)
+        row[-1].set_title(f'partner {100 * float(ms.float().mean()):.0f} %', fontsize=7, loc='right')
+    fig.tight_layout()
+    return fig
 
 # %% ../nbs/02_augment.ipynb #4ed3d5e5
 def classmix_masks(labels: torch.Tensor, perm: torch.Tensor, generator: Optional[torch.Generator] = None, num_classes: Optional[int] = None) -> torch.Tensor:

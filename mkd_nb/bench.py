@@ -241,7 +241,13 @@ def _row(name, method, groups, parts=None, seeds=None, ref='mkd', needs=None, **
 _MGD_TEACHERS = dict(teacher_deep='mgd teacher deep', teacher_wide='mgd teacher wide')
 # the paper's "knowledge selection" (tau 0.95; the code's tau 0 is the `mkd tau 0` ablation) and no CPS term between the
 # students (the code's weight 1.0 is the `mkd +cps term` row): RESULTS.md notes say why
-_MKD = dict(conf_thresh=0.95, lambda_cps=0.0)
+# the camvid-cpu rows ran before the term-by-term corrections of mkd (and of the MKD/CPS box generator): they pin what they
+# ran with, so the committed table stays reproducible (the values of each option are in 08_methods' options table)
+_FIRST_BOXES = dict(cutmix_boxes='wide')
+_FIRST_MGD = dict(_FIRST_BOXES, pseudo_void=False)
+_FIRST_MKD = dict(_FIRST_MGD, loss_stride=1, lean_passes=True, schedule_from=0, sup_logits='augmented', conf_source='augmented',
+                  pseudo_norm='valid', stats_at='features', stats_updates='once', teacher_stats_on='weak')
+_MKD = dict(_FIRST_MKD, conf_thresh=0.95, lambda_cps=0.0)
 _CODE_CPS = dict(_MKD, lambda_cps=1.0)
 
 PROTOCOLS = {
@@ -253,8 +259,8 @@ PROTOCOLS = {
             _row('sup', 'sup', ('main', 'labels'), parts=('1/32', '1/16', '1/8', 'all')),
             _row('mkd', 'mkd', ('main', 'ablation'), **_MKD),
             _row('unimatch', 'unimatch', ('main',)),
-            _row('cps', 'cps', ('main',)),
-            _row('mt', 'mt', ('main',)),
+            _row('cps', 'cps', ('main',), **_FIRST_BOXES),
+            _row('mt', 'mt', ('main',), **_FIRST_BOXES),
             _row('mkd+scl', 'mkd', ('main',), scl_weight=1.0, **_MKD),
             # MKD with the code's CPS term, at every partition: how the `mkd` row ran until the held-out test dropped the term
             _row('mkd +cps term', 'mkd', ('main', 'ablation'), **_CODE_CPS),
@@ -262,34 +268,34 @@ PROTOCOLS = {
             _row('mkd -feature aug', 'mkd', ('ablation',), parts=('1/16',), feature_aug=False, **_MKD),
             _row('mkd -mutual', 'mkd', ('ablation',), parts=('1/16',), mutual=False, **_MKD),
             # the official code: no selection, CPS term on
-            _row('mkd tau 0', 'mkd', ('ablation',), parts=('1/16',), ref='mkd +cps term', conf_thresh=0.0, lambda_cps=1.0),
+            _row('mkd tau 0', 'mkd', ('ablation',), parts=('1/16',), ref='mkd +cps term', **dict(_MKD, conf_thresh=0.0, lambda_cps=1.0)),
             _row('mkd ema 0.99', 'mkd', ('ablation',), parts=('1/16',), ema_momentum=0.99, **_MKD),
             # the first diagnosis of the code's setting (tau 0): slower teachers instead of selection; one seed, kept as measured
-            _row('mkd tau 0 ema 0.99', 'mkd', ('ablation',), parts=('1/16',), seeds=(0,), ref='mkd tau 0', conf_thresh=0.0,
-                 ema_momentum=0.99),
+            _row('mkd tau 0 ema 0.99', 'mkd', ('ablation',), parts=('1/16',), seeds=(0,), ref='mkd tau 0',
+                 **dict(_MKD, conf_thresh=0.0, lambda_cps=1.0, ema_momentum=0.99)),
             _row('mkd feature aug students only', 'mkd', ('ablation',), parts=('1/16',), feature_aug_on='students', **_MKD),
             # the same question asked of the code's recipe before the CPS term was dropped; one seed, as measured
             _row('mkd +cps term feature aug students only', 'mkd', ('ablation',), parts=('1/16',), seeds=(0,), ref='mkd +cps term',
                  feature_aug_on='students', **_CODE_CPS),
-            _row('mkd official 8 forwards', 'mkd', ('ablation',), parts=('1/16',), lean_passes=False, **_MKD),
+            _row('mkd official 8 forwards', 'mkd', ('ablation',), parts=('1/16',), **dict(_MKD, lean_passes=False)),
             # with 6 forwards the teachers never see labeled images, so pseudo-supervision on them is tested on the official 8
             _row('mkd official -pseudo on labeled', 'mkd', ('ablation',), parts=('1/16',), ref='mkd official 8 forwards',
-                 lean_passes=False, pseudo_on_labeled=False, **_MKD),
+                 **dict(_MKD, lean_passes=False, pseudo_on_labeled=False)),
             # CPS taught by the other student's argmax on the mixed image (MKD's CPS term) rather than by its predictions on the
             # unmixed images (CPS code): how the first cps cells ran, until their pseudo-labels showed the collapse; one seed, as measured
-            _row('cps mixed targets', 'cps', ('ablation',), parts=('1/16',), seeds=(0,), ref='cps', cps_targets='mixed'),
+            _row('cps mixed targets', 'cps', ('ablation',), parts=('1/16',), seeds=(0,), ref='cps', cps_targets='mixed', **_FIRST_BOXES),
             # UniMatch without its code's final / 2, which at one learning rate halves its step against every other row's: found
             # at 1/32, where UniMatch ended below supervised on every seed (NOTES.md), and run at every partition
             # (group 'peer': held to the peers' targets as well, so MKD is not measured only against the half-step form)
             _row('unimatch full loss', 'unimatch', ('ablation', 'peer'), ref='unimatch', halve_loss=False),
             # MGD at the headline partition: the student is the protocol's network, so `sup` and `cps` are its supervised-only
             # and CPS-only rows; the teachers are trained by CPS on the same split and budget (smaller than the paper's pair)
-            _row('mgd teacher deep', 'cps', ('distillation',), parts=('1/16',), ref='mgd', encoder='resnet34'),
-            _row('mgd teacher wide', 'cps', ('distillation',), parts=('1/16',), ref='mgd', encoder='resnext50_32x4d'),
-            _row('mgd', 'mgd', ('distillation',), parts=('1/16',), ref='mgd', needs=_MGD_TEACHERS),
-            _row('mgd -pixel', 'mgd', ('distillation',), parts=('1/16',), ref='mgd', needs=_MGD_TEACHERS, use_pixel=False),
-            _row('mgd -image', 'mgd', ('distillation',), parts=('1/16',), ref='mgd', needs=_MGD_TEACHERS, use_img=False),
-            _row('mgd -region', 'mgd', ('distillation',), parts=('1/16',), ref='mgd', needs=_MGD_TEACHERS, use_region=False),
+            _row('mgd teacher deep', 'cps', ('distillation',), parts=('1/16',), ref='mgd', encoder='resnet34', **_FIRST_BOXES),
+            _row('mgd teacher wide', 'cps', ('distillation',), parts=('1/16',), ref='mgd', encoder='resnext50_32x4d', **_FIRST_BOXES),
+            _row('mgd', 'mgd', ('distillation',), parts=('1/16',), ref='mgd', needs=_MGD_TEACHERS, **_FIRST_MGD),
+            _row('mgd -pixel', 'mgd', ('distillation',), parts=('1/16',), ref='mgd', needs=_MGD_TEACHERS, **_FIRST_MGD, use_pixel=False),
+            _row('mgd -image', 'mgd', ('distillation',), parts=('1/16',), ref='mgd', needs=_MGD_TEACHERS, **_FIRST_MGD, use_img=False),
+            _row('mgd -region', 'mgd', ('distillation',), parts=('1/16',), ref='mgd', needs=_MGD_TEACHERS, **_FIRST_MGD, use_region=False),
         ]),
     # a protocol small enough for the tests and for trying the runner on a laptop in a minute
     'synthetic-tiny': dict(

@@ -70,6 +70,7 @@ class DataConfig:
     unlabeled_batch_size: Optional[int] = None  # per step (per process); None = batch_size
     workers: int = 2               # loader worker processes
     strong_aug: str = 'unimatch'   # 'unimatch' (jitter+gray+blur) or 'mkd' (pick one of jitter/blur/equalize/solarize/gray)
+    weak_photometric: bool = False # MKD code: mmseg's photometric distortion on labeled images and weak views too (recipes mkd-*)
     skip_bad: bool = False         # drop files that check_dataset flags instead of refusing to train
     synthetic_train: int = 256     # synthetic default data: number of train images
     synthetic_val: int = 64
@@ -88,9 +89,20 @@ class MethodConfig:
     name: str = 'sup'              # one of METHODS
     # --- pseudo-labels and mixing (MKD code values; paper values in comments) ---
     conf_thresh: float = 0.0       # tau; MKD code: none (0.0), MKD paper: 0.95, UniMatch: 0.95
-    cutmix: str = 'mkd'            # 'mkd' (3 XOR boxes, 25-50 %), 'unimatch' (1 box 2-40 %, p=0.5), 'classmix', 'none'
+    cutmix: str = 'mkd'            # 'mkd' (3 XOR boxes, see cutmix_boxes), 'unimatch' (1 box 2-40 %, p=0.5), 'classmix', 'none'
+    cutmix_boxes: str = 'wide'     # cutmix='mkd': 'code' (each box p/3 of the crop, p~U(.25,.5), partner OUTSIDE the boxes:
+                                   # MKD/CPS code) or 'wide' (each box p, partner inside: the workbook's first reading)
     pseudo_on_labeled: bool = True # MKD code applies the pseudo-label terms to labeled+unlabeled images
+    pseudo_void: bool = False      # MKD, MGD: True keeps void/padding pixels of labeled images in the pseudo-label terms (code)
     loss_stride: int = 1           # compute unsupervised losses at 1/loss_stride of the input (MKD code: 8)
+    schedule_from: int = 0         # index of the first step for the EMA momentum and the lambda ramp (MKD code: 1)
+    # --- MKD, term by term (the MethodConfig value is the workbook's first behaviour; METHOD_DEFAULTS['mkd'] the code's) ---
+    sup_logits: str = 'augmented'  # supervised CE on 'raw' logits at input resolution (code) or 'augmented' ones at the loss stride
+    conf_source: str = 'augmented' # tau > 0: confidence from the teacher's 'raw' logits (code) or its 'augmented' ones
+    pseudo_norm: str = 'valid'     # mutual CE averaged over the pixels that pass tau ('kept', code) or over all 'valid' ones
+    stats_at: str = 'features'     # class statistics from features resized to the 'loss' resolution (code) or the decoder's 'features'
+    stats_updates: str = 'once'    # 'twice' per step and network (labeled, then unlabeled: code) or 'once' (the whole batch)
+    teacher_stats_on: str = 'weak' # teachers' maps mixed before statistics and downsampling ('mixed', code) or after ('weak')
     # --- EMA teachers ---
     ema_momentum: float = 0.6      # m_end; MKD code 0.6, common practice (Mean Teacher, UniMatch V2) 0.99-0.999
     ema_buffers: bool = False      # MKD code: parameters only; common practice copies BN buffers too
@@ -158,11 +170,13 @@ class TrainConfig:
 
 METHOD_DEFAULTS = {
     'sup':      dict(),
-    'mt':       dict(ema_momentum=0.99, ema_buffers=True, teacher_bn_mode='eval', conf_thresh=0.0, eval_net='student1'),
-    'cps':      dict(lambda_cps=1.5, cps_targets='unmixed'),  # CPS paper (VOC) and code
+    'mt':       dict(ema_momentum=0.99, ema_buffers=True, teacher_bn_mode='eval', conf_thresh=0.0, eval_net='student1',
+                     cutmix_boxes='code'),
+    'cps':      dict(lambda_cps=1.5, cps_targets='unmixed', cutmix_boxes='code'),  # CPS paper (VOC) and code (same box generator)
     'unimatch': dict(conf_thresh=0.95, cutmix='unimatch'),
-    'mkd':      dict(),
-    'mgd':      dict(teacher_bn_mode='eval'),
+    'mkd':      dict(cutmix_boxes='code', pseudo_void=True, loss_stride=8, lean_passes=False, schedule_from=1, sup_logits='raw',
+                     conf_source='raw', pseudo_norm='kept', stats_at='loss', stats_updates='twice', teacher_stats_on='mixed'),
+    'mgd':      dict(teacher_bn_mode='eval', cutmix_boxes='code', pseudo_void=True),
 }
 
 # %% ../nbs/00_core.ipynb #d5016f68
@@ -221,6 +235,11 @@ class Config:
         _check(0.0 <= me.conf_thresh <= 1.0, 'method.conf_thresh', f"tau must be in [0, 1], got {me.conf_thresh}")
         _check(0.0 <= me.ema_momentum < 1.0, 'method.ema_momentum', f"must be in [0, 1), got {me.ema_momentum}")
         _one_of(me.cutmix, ('mkd', 'unimatch', 'classmix', 'none'), 'method.cutmix')
+        _one_of(me.cutmix_boxes, ('code', 'wide'), 'method.cutmix_boxes')
+        _check(me.schedule_from in (0, 1), 'method.schedule_from', f"must be 0 or 1, got {me.schedule_from}")
+        for k, vals in (('sup_logits', ('raw', 'augmented')), ('conf_source', ('raw', 'augmented')), ('pseudo_norm', ('kept', 'valid')),
+                        ('stats_at', ('loss', 'features')), ('stats_updates', ('twice', 'once')), ('teacher_stats_on', ('mixed', 'weak'))):
+            _one_of(getattr(me, k), vals, f'method.{k}')
         _one_of(me.teacher_bn_mode, ('train', 'eval'), 'method.teacher_bn_mode')
         _one_of(me.cps_targets, ('unmixed', 'mixed'), 'method.cps_targets')
         _check(me.cps_targets == 'mixed' or me.name == 'cps', 'method.cps_targets', f"unmixed CPS targets are an option of cps only; {me.name} would ignore it")

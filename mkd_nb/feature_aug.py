@@ -70,7 +70,7 @@ class ClassStats(nn.Module):
 
     @torch.no_grad()
     def merge(self, packed: torch.Tensor):
-        "Merge packed [C, 1+2D] moments (count, sum, sum of squares) into the buffers with the rule of METHODS.md."
+        "Merge packed [C, 1+2D] moments (count, sum, sum of squares) into the buffers with the running-moment merge rule."
         D = self.dim
         packed = packed.to(self.count.device)
         n = packed[:, 0]

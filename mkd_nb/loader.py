@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import Dataset, DataLoader, Sampler
 
 from .core import IGNORE_INDEX, DataConfig
-from .augment import WeakView, StrongView, normalize
+from .augment import WeakView, StrongView, PhotoDistortion, normalize
 
 # %% auto #0
 __all__ = ['seed_of', 'SemiLoader', 'val_loader']
@@ -60,9 +60,9 @@ class _StepSampler(Sampler):
 # %% ../nbs/03_loader.ipynb #92940015
 class _SemiData(Dataset):
     "Keys (stream, index, seed, ...) -> per-sample dicts of normalised views."
-    def __init__(self, labeled_ds, unlabeled_ds, weak: WeakView, strong: StrongView):
+    def __init__(self, labeled_ds, unlabeled_ds, weak: WeakView, strong: StrongView, photo=None):
         self.ds = {'l': labeled_ds, 'u': unlabeled_ds}
-        self.weak, self.strong = weak, strong
+        self.weak, self.strong, self.photo = weak, strong, photo   # photo: optional distortion of labeled images and weak views
     def __len__(self): return len(self.ds['l'])
     def __getitem__(self, key):
         name, idx, sseed = key[0], key[1], key[2]
@@ -71,8 +71,9 @@ class _SemiData(Dataset):
             torch.manual_seed(sseed)
             w, m, valid = self.weak(img, mask)
             if name == 'l':
-                return name, {'img': normalize(w), 'mask': m, 'index': idx}
-            s1, s2 = self.strong(w), self.strong(w)
+                return name, {'img': normalize(self.photo(w) * valid if self.photo else w), 'mask': m, 'index': idx}
+            s1, s2 = self.strong(w), self.strong(w)       # strong views from the undistorted crop (MKD code)
+            if self.photo: w = self.photo(w) * valid
         s1, s2 = s1 * valid, s2 * valid  # keep padding black in every view
         return name, {'weak': normalize(w), 'strong1': normalize(s1), 'strong2': normalize(s2),
                       'valid': valid, 'gt': m, 'index': idx}
@@ -98,7 +99,8 @@ class SemiLoader:
         if unlabeled_ds is not None:
             streams.append(_Stream(len(unlabeled_ds), seed, 'u')); sizes.append(self.unlabeled_batch_size)
         self.sampler = _StepSampler(streams, sizes, rank, world)
-        self.data = _SemiData(labeled_ds, unlabeled_ds, WeakView(cfg.crop, (cfg.scale_min, cfg.scale_max)), StrongView(cfg.strong_aug))
+        self.data = _SemiData(labeled_ds, unlabeled_ds, WeakView(cfg.crop, (cfg.scale_min, cfg.scale_max)), StrongView(cfg.strong_aug),
+                              PhotoDistortion() if cfg.weak_photometric else None)
         w = cfg.workers
         self.dl = DataLoader(self.data, batch_sampler=self.sampler, num_workers=w, collate_fn=_collate,
                              pin_memory=torch.cuda.is_available(), persistent_workers=w > 0,

@@ -17,10 +17,15 @@ from .feature_aug import ClassStats, isda_logits, cosine_ramp, labels_at
 from .losses import ce_loss, pseudo_labels, pseudo_ce, structured_consistency
 
 # %% auto #0
-__all__ = ['METHOD_CLASSES', 'draw_mix', 'Method', 'Supervised', 'toy_batch', 'scl_term', 'MeanTeacher', 'cross_ce', 'CPS',
-           'UniMatch', 'MKD', 'register_method', 'build_method', 'show_step']
+__all__ = ['METHOD_CLASSES', 'mix_variant', 'draw_mix', 'Method', 'Supervised', 'toy_batch', 'scl_term', 'MeanTeacher',
+           'cross_ce', 'CPS', 'UniMatch', 'resize_to', 'decoder_maps', 'MKD', 'register_method', 'build_method',
+           'show_step']
 
 # %% ../nbs/08_methods.ipynb #7f893ee3
+def mix_variant(opt) -> str:
+    "The mixing `draw_mix` uses for a method's options: `cutmix`, with MKD's boxes as `cutmix_boxes` says."
+    return 'mkd-wide' if opt.cutmix == 'mkd' and opt.cutmix_boxes == 'wide' else opt.cutmix
+
 def draw_mix(unl: dict, variant: str, labels=None):
     "A mixing mask (True = from the partner) and partner permutation for the unlabeled batch."
     x = unl['weak']
@@ -59,7 +64,7 @@ class Method(nn.Module):
     @torch.no_grad()
     def after_step(self):
         "EMA-update each teacher from its student, then advance the schedules."
-        m = ema_momentum(self.t, self.opt.ema_momentum)
+        m = ema_momentum(self.t + self.opt.schedule_from, self.opt.ema_momentum)
         for t, s in zip(self.teachers(), self.students()): ema_update(t, s, m, buffers=self.opt.ema_buffers)
         self.iteration += 1
 
@@ -116,7 +121,7 @@ class MeanTeacher(Method):
     def step(self, lab, unl):
         o, s, nl = self.opt, self.loss_stride, len(lab['img'])
         with torch.no_grad(): t_w = self.teacher(unl['weak'], out_stride=s)
-        m, perm = draw_mix(unl, o.cutmix, t_w.argmax(1))
+        m, perm = draw_mix(unl, mix_variant(o), t_w.argmax(1))
         x_mix, = mix(m, perm, unl['strong1'])
         t_mix, v_mix, gt_mix = mix(m, perm, t_w, unl['valid'], unl['gt'])
         v = labels_at(v_mix.long(), t_mix.shape[-2:]).bool()
@@ -148,7 +153,7 @@ class CPS(Method):
 
     def step(self, lab, unl):
         o, s, nl = self.opt, self.loss_stride, len(lab['img'])
-        m, perm = draw_mix(unl, 'mkd' if o.cutmix == 'classmix' else o.cutmix)
+        m, perm = draw_mix(unl, mix_variant(o) if o.cutmix != 'classmix' else ('mkd' if o.cutmix_boxes == 'code' else 'mkd-wide'))
         x_mix, v_mix, gt_mix = mix(m, perm, unl['strong1'], unl['valid'], unl['gt'])
         if o.cps_targets == 'unmixed':   # each student labels the unmixed weak view; its logits are mixed like the images
             with torch.no_grad(): t1, t2 = (mix(m, perm, net(unl['weak'], out_stride=s))[0] for net in (self.s1, self.s2))
@@ -178,7 +183,7 @@ class UniMatch(Method):
         preds, preds_fp = self.net(torch.cat([lab['img'], unl['weak']]), out_stride=s, fp_dropout=o.fp_dropout)
         p_x, p_w, p_fp = preds[:nl], preds[nl:].detach(), preds_fp[nl:]
         valid = labels_at(unl['valid'].long(), p_w.shape[-2:]).bool()
-        (m1, perm1), (m2, perm2) = draw_mix(unl, o.cutmix, p_w.argmax(1)), draw_mix(unl, o.cutmix, p_w.argmax(1))
+        (m1, perm1), (m2, perm2) = draw_mix(unl, mix_variant(o), p_w.argmax(1)), draw_mix(unl, mix_variant(o), p_w.argmax(1))
         x1, = mix(m1, perm1, unl['strong1']); x2, = mix(m2, perm2, unl['strong2'])
         p_s1, p_s2 = self.net(torch.cat([x1, x2]), out_stride=s).chunk(2)
         pl_w, _ = pseudo_labels(p_w, o.conf_thresh, valid)
@@ -191,6 +196,20 @@ class UniMatch(Method):
                 'mixed': x1.detach()}
 
 # %% ../nbs/08_methods.ipynb #25e162c1
+def resize_to(t: torch.Tensor, size, stride: int) -> torch.Tensor:
+    "Map `t` [B,C,h,w] bilinearly resized to 1/stride of the input `size` (h, w), as the code's `resize`; unchanged if already there."
+    target = (math.ceil(size[0] / stride), math.ceil(size[1] / stride))
+    if tuple(t.shape[-2:]) == target: return t
+    return F.interpolate(t, size=target, mode='bilinear', align_corners=False)
+
+def decoder_maps(net: SegNet, x: torch.Tensor) -> tuple:
+    "(raw logits, features) of `net` on `x` at the decoder's own resolution (1/4 for DeepLabV3+), padding cropped away."
+    xp = net._pad(x)
+    z = net.decode(net.encode(xp))
+    h = math.ceil(x.shape[-2] * z.shape[-2] / xp.shape[-2]); w = math.ceil(x.shape[-1] * z.shape[-1] / xp.shape[-1])
+    z = z[..., :h, :w]
+    return net.classify(z), z
+
 class MKD(Method):
     "Mutual knowledge distillation: two students, two EMA teachers, cross-branch pseudo-labels, CPS, feature augmentation."
     name = 'mkd'
@@ -201,6 +220,7 @@ class MKD(Method):
         on = {p.strip() for p in self.opt.feature_aug_on.split(',')} if self.opt.feature_aug else set()
         self.fa_students, self.fa_teachers = 'students' in on, 'teachers' in on
         self.stats = nn.ModuleList([ClassStats(num_classes, self.s1.feat_dim) for _ in range(4)])  # S1, S2, T1, T2
+        self.last = {}   # the last step's network maps, mask and targets (for figures and the replay tests)
 
     def students(self): return [self.s1, self.s2]
     def teachers(self): return [self.t1, self.t2]
@@ -209,54 +229,88 @@ class MKD(Method):
         tn = nu if self.opt.lean_passes else nl + nu
         return [(self.t1, tn, False, 0.0), (self.t2, tn, False, 0.0), (self.s1, nl + nu, True, 0.0), (self.s2, nl + nu, True, 0.0)]
     @property
-    def lam(self): return cosine_ramp(self.t, self.total_iters, self.opt.lambda_fa_max)
+    def lam(self): return cosine_ramp(self.t + self.opt.schedule_from, self.total_iters, self.opt.lambda_fa_max)
 
-    def augment(self, k, net, logits, z, y):
-        "Feature-augment network k's logits with labels y (255 = leave alone), updating its class statistics first."
-        self.stats[k].update(z.detach().float(), labels_at(y, z.shape[-2:]))
-        return isda_logits(logits, y, net.classifier.weight.detach().flatten(1), self.stats[k].var, self.lam)
+    def stats_feats(self, z, size):
+        "Features the class statistics see: resized to the loss resolution when that is coarser (`stats_at='loss'`), else as decoded."
+        s = self.loss_stride
+        coarser = math.ceil(size[0] / s) < z.shape[-2]
+        return resize_to(z, size, s) if self.opt.stats_at == 'loss' and coarser else z
+
+    def augment(self, k, net, logits, z, y, nl=0):
+        "Feature-augment network k's logits with labels y (255 = leave alone); statistics updated first, per part when 'twice'."
+        W = net.classifier.weight.detach().flatten(1)
+        def one(lo, zz, yy):
+            self.stats[k].update(zz.detach().float(), labels_at(yy, zz.shape[-2:]))
+            return isda_logits(lo, yy, W, self.stats[k].var, self.lam)
+        if self.opt.stats_updates == 'twice' and 0 < nl < len(y):   # labeled first; its logits see the state after that update
+            return torch.cat([one(logits[:nl], z[:nl], y[:nl]), one(logits[nl:], z[nl:], y[nl:])])
+        return one(logits, z, y)
+
+    def teacher_targets(self, k, net, maps, m, perm, y_lab, nl, size):
+        "Teacher k's (augmented, raw) logits at the loss resolution; the unlabeled part mixed like the student's input."
+        o, s = self.opt, self.loss_stride
+        L, Z = maps
+        if o.teacher_stats_on == 'mixed':      # code: mix the decoder's maps first, then downsample, then statistics
+            Lu, Zu = mix(m, perm, L[nl:], Z[nl:])
+            L, Z = torch.cat([L[:nl], Lu]), torch.cat([Z[:nl], Zu])
+        raw = resize_to(L, size, s)
+        y = torch.cat([y_lab, raw[nl:].argmax(1)]) if nl else raw.argmax(1)
+        aug = self.augment(k, net, raw, self.stats_feats(Z, size), y, nl) if self.fa_teachers else raw
+        if o.teacher_stats_on == 'weak':       # first version: statistics and augmentation on the weak view, mixed afterwards
+            aug, raw = (torch.cat([t[:nl], mix(m, perm, t[nl:])[0]]) for t in (aug, raw))
+        return aug, raw
 
     def step(self, lab, unl):
-        o, s, nl = self.opt, self.loss_stride, len(lab['img'])
-        lean = o.lean_passes
-        # teachers: weak view (and, in the official configuration, the labeled images too)
-        with torch.no_grad():
+        o, s, nl, nu = self.opt, self.loss_stride, len(lab['img']), len(unl['weak'])
+        lean, size = o.lean_passes, unl['weak'].shape[-2:]
+        tl = 0 if lean else nl                                         # labeled images in the teachers' batch
+        with torch.no_grad():                                          # teachers: weak view (official: labeled images too)
             t_in = unl['weak'] if lean else torch.cat([lab['img'], unl['weak']])
-            t_out = []
-            for k, t in ((2, self.t1), (3, self.t2)):
-                logits, z = t(t_in, need_feats=True, out_stride=s)
-                y = logits.argmax(1) if lean else torch.cat([labels_at(lab['mask'], logits.shape[-2:]), logits[nl:].argmax(1)])
-                t_out.append(self.augment(k, t, logits, z, y) if self.fa_teachers else logits)
-        tu = [t if lean else t[nl:] for t in t_out]                 # teachers' weak-view logits
-        m, perm = draw_mix(unl, o.cutmix, tu[0].argmax(1))
+            t_maps = [decoder_maps(t, t_in) for t in (self.t1, self.t2)]
+        m, perm = draw_mix(unl, mix_variant(o), resize_to(t_maps[0][0][tl:], size, s).argmax(1))
         x_mix, v_mix, gt_mix = mix(m, perm, unl['strong1'], unl['valid'], unl['gt'])
-        size = tu[0].shape[-2:]
-        v_mix = labels_at(v_mix.long(), size).bool()
-        pl = [pseudo_labels(mix(m, perm, t)[0], o.conf_thresh, v_mix)[0] for t in tu]   # PL(T1), PL(T2) on the mixed view
-        y_lab = labels_at(lab['mask'], size)
-        if not lean and o.pseudo_on_labeled:
-            pl = [torch.cat([pseudo_labels(t[:nl], o.conf_thresh, y_lab != IGNORE_INDEX)[0], p]) for t, p in zip(t_out, pl)]
+        ls = (math.ceil(size[0] / s), math.ceil(size[1] / s))
+        v_mix, y_lab = labels_at(v_mix.long(), ls).bool(), labels_at(lab['mask'], ls)
+        with torch.no_grad():
+            t_out = [self.teacher_targets(k, t, mp, m, perm, y_lab[:tl], tl, size)
+                     for k, t, mp in ((2, self.t1, t_maps[0]), (3, self.t2, t_maps[1]))]
+        # pseudo-labels: the teacher's (augmented) argmax; confidence from its raw or augmented logits; padding never counts
+        v_lab = torch.ones_like(y_lab, dtype=torch.bool) if o.pseudo_void else y_lab != IGNORE_INDEX
+        v_t = torch.cat([v_lab[:tl], v_mix])
+        pl = []
+        for aug, raw in t_out:
+            conf = (raw if o.conf_source == 'raw' else aug).float().softmax(1).amax(1)
+            pl.append(torch.where(v_t & (conf >= o.conf_thresh), aug.argmax(1), IGNORE_INDEX))
+        if not lean and not o.pseudo_on_labeled: pl = [p[nl:] for p in pl]
         # students on labeled + mixed strong images, feature-augmented with GT / own argmax
         x = torch.cat([lab['img'], x_mix])
-        outs = []
+        s_maps, outs = [], []
         for k, net in ((0, self.s1), (1, self.s2)):
-            logits, z = net(x, need_feats=True, out_stride=s)
-            y = torch.cat([y_lab, logits[nl:].detach().argmax(1)])
-            outs.append(self.augment(k, net, logits, z, y) if self.fa_students else logits)
+            L, Z = decoder_maps(net, x)
+            s_maps.append((L, Z))
+            Ls = resize_to(L, size, s)
+            y = torch.cat([y_lab, Ls[nl:].detach().argmax(1)])
+            outs.append(self.augment(k, net, Ls, self.stats_feats(Z, size), y, nl) if self.fa_students else Ls)
         a1, a2 = outs
-        first = 0 if (not lean and o.pseudo_on_labeled) else nl   # where the mutual term starts in the batch
-        c0 = 0 if o.pseudo_on_labeled else nl                      # where the CPS term starts
+        if o.sup_logits == 'raw': sup = sum(ce_loss(resize_to(L[:nl], size, 1), lab['mask']) for L, _ in s_maps)
+        else: sup = ce_loss(a1[:nl], y_lab) + ce_loss(a2[:nl], y_lab)
+        first = 0 if (not lean and o.pseudo_on_labeled) else nl     # where the mutual term starts in the batch
+        c0 = 0 if o.pseudo_on_labeled else nl                        # where the CPS term starts
         teach1, teach2 = (pl[1], pl[0]) if o.mutual else (pl[0], pl[1])
-        valid = torch.cat([y_lab != IGNORE_INDEX, v_mix])          # padding and void pixels never count
-        terms = {'sup': ce_loss(a1[:nl], y_lab) + ce_loss(a2[:nl], y_lab),
-                 'mutual': o.lambda_cross * (pseudo_ce(a1[first:], teach1, valid[first:]) + pseudo_ce(a2[first:], teach2, valid[first:])),
+        valid = torch.cat([v_lab, v_mix])
+        pce = (lambda a, t, v: ce_loss(a, t)) if o.pseudo_norm == 'kept' else pseudo_ce
+        terms = {'sup': sup,
+                 'mutual': o.lambda_cross * (pce(a1[first:], teach1, valid[first:]) + pce(a2[first:], teach2, valid[first:])),
                  'cps': o.lambda_cps * cross_ce(a1[c0:], a2[c0:], valid[c0:])}
         if o.scl_weight > 0:
-            tm = [mix(m, perm, t)[0] for t in tu]
+            tm = [aug[tl:] for aug, _ in t_out]
             t_for_1, t_for_2 = (tm[1], tm[0]) if o.mutual else (tm[0], tm[1])
             terms['scl'] = o.scl_weight * (scl_term(o, a1[nl:], t_for_1, m) + scl_term(o, a2[nl:], t_for_2, m))
+        self.last = dict(t_maps=t_maps, s_maps=[(L.detach(), Z.detach()) for L, Z in s_maps], mask=m, perm=perm,
+                         targets=(teach1, teach2), teacher_logits=t_out)
         return {'loss': sum(terms.values()), **{k: t.detach() for k, t in terms.items()},
-                'lam_fa': torch.tensor(self.lam), 'pseudo': (pl[1][-len(x_mix):], labels_at(gt_mix, size)), 'mixed': x_mix.detach()}
+                'lam_fa': torch.tensor(self.lam), 'pseudo': (pl[1][-nu:], labels_at(gt_mix, ls)), 'mixed': x_mix.detach()}
 
 # %% ../nbs/08_methods.ipynb #eb07c0fa
 METHOD_CLASSES = {'sup': Supervised, 'mt': MeanTeacher, 'cps': CPS, 'unimatch': UniMatch, 'mkd': MKD}

@@ -16,7 +16,7 @@ from .augment import mix
 from .models import SegNet, load_checkpoint, eval_model_from_checkpoint, CheckpointError, param_count
 from .ema import set_teacher_mode
 from .losses import ce_loss, mgd_pixel_loss, mgd_image_loss, mgd_region_loss
-from .methods import Method, register_method, build_method, draw_mix, labels_at
+from .methods import Method, register_method, build_method, draw_mix, mix_variant, labels_at
 
 # %% auto #0
 __all__ = ['freeze_teacher', 'weights_fingerprint', 'load_teacher', 'MGD', 'mgd_figures', 'net_cost']
@@ -111,7 +111,7 @@ class MGD(Method):
             if o.use_pixel or o.cutmix == 'classmix':
                 for k, t in self._frozen.items():
                     P[f't{k[0]}_u'], P[f't{k[0]}_l'] = t(x_u, out_stride=s), t(x_l, out_stride=s)
-        m, perm = draw_mix(unl, o.cutmix, P['td_u'].argmax(1) if o.cutmix == 'classmix' else None)
+        m, perm = draw_mix(unl, mix_variant(o), P['td_u'].argmax(1) if o.cutmix == 'classmix' else None)
         x_mix, v_mix, gt_mix = mix(m, perm, x_u, unl['valid'], unl['gt'])
         with torch.no_grad():
             if o.use_img: P['td_on_mix'] = self.deep(x_mix, out_stride=s)
@@ -131,7 +131,7 @@ class MGD(Method):
         T = {'sup': ce_loss(P['s_l'], P['y_l'])}
         if o.use_pixel:
             T['pixel'] = (mgd_pixel_loss(P['s_mix'], [P['tw_mix'], P['td_mix']], P['v_mix'])
-                          + mgd_pixel_loss(P['s_l'], [P['tw_l'], P['td_l']], P['y_l'] != IGNORE_INDEX))
+                          + mgd_pixel_loss(P['s_l'], [P['tw_l'], P['td_l']], None if o.pseudo_void else P['y_l'] != IGNORE_INDEX))
         if o.use_img: T['img'] = o.lambda_img * mgd_image_loss(P['s_mix'], P['td_on_mix'], o.img_loss_norm)
         if o.use_region: T['region'] = o.lambda_region * mgd_region_loss(P['z_mix'], P['zw_mix'], o.mgd_grid)
         return T

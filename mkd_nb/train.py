@@ -590,7 +590,11 @@ _CITY = dict(_UNIMATCH, dataset='cityscapes', crop=801, lr=0.005, head_lr_mult=1
 _MKD = dict(dataset='voc', train_split='train_aug', arch='deeplabv3plus', encoder='resnet50', encoder_weights='imagenet',
             output_stride=16, crop=512, optimizer='sgd', momentum=0.9, lr=0.0025, lr_scaling='none', weight_decay=5e-4,
             poly_power=0.9, iters=30000, eval_every=1500, amp='fp16', eval_mode='whole', strong_aug='mkd', cutmix='mkd',
-            loss_stride=8, lean_passes=False, ema_momentum=0.6, ema_buffers=False, teacher_bn_mode='train', log_every=50)
+            loss_stride=8, lean_passes=False, ema_momentum=0.6, ema_buffers=False, teacher_bn_mode='train', log_every=50,
+            # the term-by-term choices of the code (08_methods' options table), spelled out so a recipe never drifts with defaults
+            weak_photometric=True, cutmix_boxes='code', pseudo_void=True, pseudo_on_labeled=True, schedule_from=1, sup_logits='raw', conf_source='raw',
+            pseudo_norm='kept', stats_at='loss', stats_updates='twice', teacher_stats_on='mixed', lambda_cross=1.5, lambda_cps=1.0,
+            feature_aug=True, feature_aug_on='students,teachers', lambda_fa_max=1.5, mutual=True, eval_net='student1')
 
 RECIPES = {
     'voc-classic-r101': dict(source='UniMatch configs/pascal.yaml', total_batch=8, epochs=80, pool=10582, needs_split_dir=True,
