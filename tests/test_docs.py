@@ -1,6 +1,6 @@
 """`make docs` machinery (mkd_nb.docs, from nbs/15_docs.ipynb): notebooks run in a real Jupyter kernel show their
-figures as PNG, never as `<Figure ...>` text; the HTML site carries the images and renders formulas with the bundled MathJax, offline;
-the committed notebooks show at least the images they declare (MIN_IMAGES in mkd_nb.docs)."""
+figures as PNG, never as `<Figure ...>` text; the HTML site carries the images and renders formulas with the bundled
+MathJax, offline; the committed notebooks show at least the images they declare (MIN_IMAGES in mkd_nb.docs)."""
 import json, os, re, shutil
 from pathlib import Path
 
@@ -15,7 +15,8 @@ TINY = {
          '\\frac{1 - \\cos(\\pi t / T)}{2}$ and a display formula:\n\n$$\\sigma^2_c = \\frac{1}{n_c}\\sum_i (f_i - \\mu_c)^2$$\n\n'
          'A link to [the core notebook](00_core.ipynb).'},
         {'cell_type': 'code', 'metadata': {}, 'execution_count': None, 'outputs': [],
-         'source': 'from mkd_nb.core import NotebookFigure\nfig = NotebookFigure(figsize=(2, 1.5)); fig.add_subplot().plot([0, 1, 4])\nfig'},
+         'source': 'from mkd_nb.core import NotebookFigure\n'
+                   'fig = NotebookFigure(figsize=(2, 1.5)); fig.add_subplot().plot([0, 1, 4])\nfig'},
         {'cell_type': 'code', 'metadata': {}, 'execution_count': None, 'outputs': [],
          'source': 'import matplotlib.pyplot as plt\nplt.figure(figsize=(2, 1.5)); plt.plot([3, 1, 2]); plt.show()'},
         {'cell_type': 'code', 'metadata': {}, 'execution_count': None, 'outputs': [],

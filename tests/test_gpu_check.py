@@ -68,7 +68,8 @@ def test_overflow_skipped_and_counted(dry):
 
 def test_cuda_only_checks_listed_as_skipped(dry):
     rep = dry[0]
-    skipped = {(part, c['name']) for part, v in rep['parts'].items() for c in v['checks'] if c['status'].startswith('skipped: no CUDA')}
+    skipped = {(part, c['name']) for part, v in rep['parts'].items() for c in v['checks']
+               if c['status'].startswith('skipped: no CUDA')}
     for want in [('env', 'CUDA device'), ('distributed', 'all_reduce (nccl)'), ('distributed', 'training step with SyncBatchNorm'),
                  ('compile', 'torch.compile of the mkd step')] + [('amp', f'{m} fp16') for m in METHODS[1:]]:
         assert want in skipped, want
