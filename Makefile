@@ -35,12 +35,11 @@ browser:
 	  echo "note: chromium not installed (needs root + apt); the browser test will skip"
 
 # What a reader sees after Run All in `make lab`: each notebook in JupyterLab + headless Chromium, its rendered figures
-# counted, screenshots in tests/_artifacts/. Fails on an error, a `<Figure ...>` text or fewer than LAB_MIN_IMAGES images.
-# Minutes per notebook; e.g. `make lab-check LAB_NOTEBOOKS="$(ls nbs/*.ipynb)" LAB_MIN_IMAGES=0` for the whole workbook.
-LAB_NOTEBOOKS ?= nbs/02_augment.ipynb nbs/06_feature_aug.ipynb nbs/08_methods.ipynb
-LAB_MIN_IMAGES ?= 1
+# counted, screenshots in tests/_artifacts/. Fails on an error, a cell left unrun, a `<Figure ...>` text or fewer images
+# than the notebook declares (MIN_IMAGES in nbs/15_docs.ipynb). Minutes per notebook; without LAB_NOTEBOOKS it checks
+# tests/lab_figures.py's DEFAULT_NOTEBOOKS; `make lab-check LAB_NOTEBOOKS="$(ls nbs/*.ipynb)"` checks the whole workbook.
 lab-check: install browser
-	$(BIN)/python tests/lab_figures.py --min-images $(LAB_MIN_IMAGES) $(LAB_NOTEBOOKS)
+	$(BIN)/python tests/lab_figures.py $(LAB_NOTEBOOKS)
 
 # nbdev_test runs the test cells of every notebook; pytest runs tests/ and its summary closes the output.
 test: install browser
@@ -66,10 +65,10 @@ lab: install
 # (then nbdev_clean: outputs kept, metadata stripped) and builds the offline HTML site in _docs/ (MathJax bundled).
 # `make docs NBS="nbs/00_core.ipynb nbs/13_ablations.ipynb"` does a few; `make docs-site` only rebuilds the HTML.
 docs: install
-	env -u MPLBACKEND $(BIN)/python tools/build_docs.py --execute $(NBS)
+	env -u MPLBACKEND $(BIN)/python -m mkd_nb.docs --execute $(NBS)
 
 docs-site: install
-	env -u MPLBACKEND $(BIN)/python tools/build_docs.py $(NBS)
+	env -u MPLBACKEND $(BIN)/python -m mkd_nb.docs $(NBS)
 
 export: install
 	$(BIN)/nbdev_export

@@ -61,24 +61,29 @@ def main_table_figure(t: dict) -> NotebookFigure:
     return fig
 
 # %% ../nbs/13_ablations.ipynb #acbf777b
-def ablation_figure(t: dict, ref: str = 'mkd') -> NotebookFigure:
-    "Bar chart of each ablation's mIoU change against its reference row (`ref` unless the row names another) at the headline partition."
+def ablation_figure(t: dict) -> NotebookFigure:
+    "Bar chart of each ablation's mIoU change against its reference row (the row's `ref`) at the headline partition."
+    import collections
     h = t['headline']
     get = lambda name: table_row(t['rows'], name, h, finished=True)
-    pairs = [(r, get(r.get('ref') or ref)) for r in t['rows'] if 'ablation' in r['groups'] and r['part'] == h and r['n']]
+    # a row without a reference is its own (the reference rows themselves): no bar
+    pairs = [(r, get(r.get('ref') or r['row'])) for r in t['rows'] if 'ablation' in r['groups'] and r['part'] == h and r['n']]
     pairs = [(r, b) for r, b in pairs if b and b['row'] != r['row']]
     fig = NotebookFigure(figsize=(6, 0.5 + 0.4 * max(len(pairs), 1))); ax = fig.add_subplot()
     # per-seed differences where the rows have them; tables without per-seed values fall back to the seed means
-    ds = [seed_diff(r, b) for r, b in pairs]
-    pairs = [(r, b, x) for (r, b), x in zip(pairs, ds)]
+    pairs = [(r, b, seed_diff(r, b)) for r, b in pairs]
+    # the axis names the reference most bars share; a bar against another row says which
+    common = collections.Counter(b['row'] for _, b, _ in pairs).most_common(1)[0][0] if pairs else None
     if pairs:
         d = [x['mean'] for _, _, x in pairs]
-        ax.barh(range(len(pairs)), d, xerr=[x['std'] or 0 for *_, x in pairs], color=['tab:green' if v > 0 else 'tab:red' for v in d], capsize=3)
-        ax.set_yticks(range(len(pairs)), [f"{r['row']} (n={x['n']})" + ('' if b['row'] == ref else f" vs {b['row']}") for r, b, x in pairs], fontsize=8)
+        ax.barh(range(len(pairs)), d, xerr=[x['std'] or 0 for *_, x in pairs],
+                color=['tab:green' if v > 0 else 'tab:red' for v in d], capsize=3)
+        labels = [f"{r['row']} (n={x['n']})" + ('' if b['row'] == common else f" vs {b['row']}") for r, b, x in pairs]
+        ax.set_yticks(range(len(pairs)), labels, fontsize=8)
         ax.axvline(0, c='k', lw=0.8)
+        base = get(common)
+        ax.set(xlabel=f"Δ mIoU vs {common} at {h} ({base['miou_mean']:.1f}, n={base['n']})")
     else: ax.text(0.5, 0.5, 'no finished ablation runs yet', ha='center', va='center', transform=ax.transAxes)
-    base = get(ref)
-    ax.set(xlabel=f"Δ mIoU vs {ref} at {h}" + (f" ({base['miou_mean']:.1f}, n={base['n']})" if base else ''))
     fig.tight_layout()
     return fig
 

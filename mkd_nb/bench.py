@@ -13,6 +13,7 @@ from fastcore.script import call_parse
 
 from .core import *
 from .methods import build_method, toy_batch
+from .train import amp_dtype
 import mkd_nb.mgd  # registers the 'mgd' method
 
 # %% auto #0
@@ -65,12 +66,16 @@ def _step_fn(cfg: Config, num_classes: int = 11) -> dict:
     lab, unl = ({k: fmt(v.to(device)) for k, v in b.items()} for b in (lab, unl))
     params = [p for n in method.students() for p in n.parameters()]
     opt = torch.optim.SGD(params, lr=1e-4, momentum=0.9)
-    dtype = None if cfg.train.amp in ('off',) or (cfg.train.amp == 'auto' and device.type != 'cuda') else torch.bfloat16
-    ctx = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else (lambda: torch.autocast(device.type, enabled=False))
+    # the Trainer's rule (amp_dtype) and its GradScaler: an fp16 row is timed in fp16 with loss scaling, as it trains
+    dtype = amp_dtype(cfg.train.amp, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    ctx = lambda: torch.autocast(device.type, dtype=dtype) if dtype else torch.autocast(device.type, enabled=False)
+    def update(loss):
+        scaler.scale(loss).backward(); scaler.step(opt); scaler.update(); opt.zero_grad(set_to_none=True)
 
     def full():
         with ctx(): out = method.step(lab, None if method.name == 'sup' else unl)
-        out['loss'].backward(); opt.step(); opt.zero_grad(set_to_none=True); method.after_step()
+        update(out['loss']); method.after_step()
 
     passes = method.passes(nl, nu)
     xs = [fmt(torch.randn(n, 3, c, c, device=device)) for _, n, _, _ in passes]
@@ -78,14 +83,18 @@ def _step_fn(cfg: Config, num_classes: int = 11) -> dict:
         for (net, n, grad, fp), x in zip(passes, xs):
             with ctx(), torch.set_grad_enabled(grad):
                 y = net(x, fp_dropout=fp) if fp else net(x)
-                if grad: (sum(t.float().mean() for t in y) if isinstance(y, tuple) else y.float().mean()).backward()
-        opt.step(); opt.zero_grad(set_to_none=True)
-    return dict(full=full, bare=bare, method=method, passes=passes, device=device, nl=nl, nu=nu, crop=c, channels_last=cl)
+            if grad:
+                loss = sum(t.float().mean() for t in y) if isinstance(y, tuple) else y.float().mean()
+                scaler.scale(loss).backward()
+        scaler.step(opt); scaler.update(); opt.zero_grad(set_to_none=True)
+    return dict(full=full, bare=bare, method=method, passes=passes, device=device, nl=nl, nu=nu, crop=c,
+                channels_last=cl, dtype=dtype, scaler=scaler)
 
 def bench_step(cfg: Config, num_classes: int = 11, steps: int = 5, warmup: int = 2) -> dict:
     "Median time and peak memory of one full training step of `cfg`'s method and of its bare network passes."
     st = _step_fn(cfg, num_classes)
-    full, bare, method, passes, device, nl, nu, c, cl = (st[k] for k in ('full', 'bare', 'method', 'passes', 'device', 'nl', 'nu', 'crop', 'channels_last'))
+    full, bare, method, passes, device = (st[k] for k in ('full', 'bare', 'method', 'passes', 'device'))
+    nl, nu, c, cl = (st[k] for k in ('nl', 'nu', 'crop', 'channels_last'))
     res = {}
     for name, fn in (('bare', bare), ('full', full)):
         reset_peak(device)
@@ -94,11 +103,14 @@ def bench_step(cfg: Config, num_classes: int = 11, steps: int = 5, warmup: int =
     f, b = res['full']['median_s'], res['bare']['median_s']
     images = nl + (0 if method.name == 'sup' else nu)
     return {'method': method.name, 'encoder': cfg.model.encoder, 'arch': cfg.model.arch, 'crop': c, 'batch_size': nl,
-            'unlabeled_batch_size': nu if method.name != 'sup' else 0, 'device': str(device), 'threads': torch.get_num_threads(),
+            'unlabeled_batch_size': nu if method.name != 'sup' else 0, 'device': str(device),
+            'threads': torch.get_num_threads(),
             'passes': [(n, g) for _, n, g, _ in passes], 'forward_images': sum(n for _, n, _, _ in passes),
             'step_s': f, 'bare_s': b, 'overhead_frac': (f - b) / f, 'images_per_s': images / f,
             'peak_mib': res['full']['peak_mib'], 'bare_peak_mib': res['bare']['peak_mib'], 'raw': res,
-            'torch': torch.__version__, 'scl_weight': cfg.method.scl_weight, 'channels_last': cl, 'compile': cfg.train.compile}
+            'torch': torch.__version__, 'scl_weight': cfg.method.scl_weight, 'channels_last': cl,
+            'compile': cfg.train.compile,
+            'amp': cfg.train.amp, 'dtype': str(st['dtype'] or torch.float32).removeprefix('torch.')}
 
 # %% ../nbs/12_bench.ipynb #8a4e6074
 def stand_in_teachers(out, num_classes: int, deep: ModelConfig, wide: ModelConfig) -> dict:

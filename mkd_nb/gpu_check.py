@@ -132,7 +132,7 @@ def render_report_md(report: dict) -> str:
     rows = report['parts'].get('bench', {}).get('data', {}).get('rows', [])
     if rows:
         L += ['', '## Step benchmark at the recipes\' sizes', '',
-              *_table(rows, ['recipe', 'method', 'encoder', 'crop', 'images', 'amp_timed', 'images_per_s', 'step_s', 'bare_s',
+              *_table(rows, ['recipe', 'method', 'encoder', 'crop', 'images', 'dtype', 'images_per_s', 'step_s', 'bare_s',
                              'overhead_frac', 'peak_gib'])]
     return '\n'.join(L) + '\n'
 
@@ -370,10 +370,6 @@ def check_compile(part: Part, ctx: Context, net: dict, steps: int, rounds: int):
                plain_setup_s=plain['setup_s'], step_ms=1000 * comp['step_s'], speedup=plain['step_s'] / comp['step_s'])
 
 # %% ../nbs/14_gpu_check.ipynb #b5f4aba8
-def _amp_timed(amp: str, device) -> str:
-    "The autocast dtype `bench_step` times for `amp` on `device` (its rule: bf16 unless off, or auto on the CPU)."
-    return 'fp32' if amp == 'off' or (amp == 'auto' and torch.device(device).type != 'cuda') else 'bf16'
-
 def bench_config(recipe: str, world: int, method: str, ctx: Context, shrink: Optional[dict] = None, teachers=None):
     "(config, classes) of `method` at `recipe` on `world` GPUs, random init and synthetic data; `shrink` overrides sizes."
     from mkd_nb.train import recipe_config, RECIPES
@@ -407,7 +403,7 @@ def check_bench(part: Part, ctx: Context, steps: int, warmup: int, shrink: Optio
         cfg, r = done
         row = dict(recipe=recipe, method=method, encoder=r['encoder'], crop=r['crop'],
                    images=f"{r['batch_size']}+{r['unlabeled_batch_size']}",
-                   amp=cfg.train.amp, amp_timed=_amp_timed(cfg.train.amp, ctx.device), images_per_s=r['images_per_s'],
+                   amp=r['amp'], dtype=r['dtype'], images_per_s=r['images_per_s'],
                    step_s=r['step_s'], bare_s=r['bare_s'], overhead_frac=r['overhead_frac'],
                    forward_images=r['forward_images'],
                    peak_gib=r['peak_mib'] / 1024 if r['peak_mib'] is not None else None,

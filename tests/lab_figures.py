@@ -1,7 +1,7 @@
 """What a reader sees after Run All in JupyterLab: open each notebook as `make lab` serves it, in headless Chromium,
 run Run -> Run All Cells, wait until the kernel is idle and count the figures that rendered.
 
-    python tests/lab_figures.py nbs/02_augment.ipynb nbs/08_methods.ipynb [--mplbackend Agg] [--timeout 480]
+    python tests/lab_figures.py [NB ...] [--mplbackend Agg] [--timeout 480] [--min-images N]
 
 For each notebook it prints one line, `NOTEBOOK: N images, M '<Figure' texts, T s (...)`, where N counts the <img> of
 image/png outputs and M the output texts holding `<Figure size` (a figure Jupyter could not draw), and saves into
@@ -10,7 +10,9 @@ first figure). The kernel's environment is the one `make lab` gives: MPLBACKEND 
 show what a non-interactive backend hides), HF_HUB_OFFLINE=1, MKD_CAMVID when set or when ../shared holds the copy,
 this checkout first on PYTHONPATH; OMP_NUM_THREADS=1 unless `--threads` says otherwise (0: leave it alone). Autosave is
 off: the notebook file is never written. One JupyterLab server and one browser per notebook, one notebook at a time.
-Exit status 1 when a notebook has an error, a '<Figure' text, fewer than --min-images images or did not finish.
+Exit status 1 when a notebook has an error, a '<Figure' text, a cell left unrun, fewer images than it declares
+(MIN_IMAGES of mkd_nb.docs, the same floor `make docs` holds it to; --min-images replaces it) or did not finish.
+Without NB it checks DEFAULT_NOTEBOOKS.
 Needs Debian's chromium and the playwright package (see tests/lab_harness.py); never `playwright install`."""
 import argparse, hashlib, os, sys, tempfile, time
 from dataclasses import dataclass, field
@@ -19,6 +21,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import lab_harness as lh  # noqa: E402
 
+# Notebooks whose figures a reader meets first (pictures of the data, the augmentations, one step of each method)
+DEFAULT_NOTEBOOKS = ('nbs/02_augment.ipynb', 'nbs/06_feature_aug.ipynb', 'nbs/08_methods.ipynb')
 MAX_SHOT_HEIGHT = 16_000   # Chromium cannot capture a taller page in one picture
 COUNT_JS = """() => {
   const outs = [...document.querySelectorAll('.jp-NotebookPanel .jp-OutputArea-output')];
@@ -70,7 +74,15 @@ class Seen:
                 f"({'; '.join(extra)})")
 
     def ok(self, min_images: int = 0) -> bool:
-        return self.finished and not self.errors and not self.figure_texts and self.images >= min_images
+        "Finished with every code cell run, no error, no figure as text and at least `min_images` images."
+        return (self.finished and self.ran == self.code_cells and not self.errors and not self.figure_texts
+                and self.images >= min_images)
+
+
+def declared_images(notebook) -> int:
+    "The images `notebook` declares it shows after a run (MIN_IMAGES of mkd_nb.docs; 0 for one not listed there)."
+    from mkd_nb.docs import MIN_IMAGES
+    return MIN_IMAGES.get(Path(notebook).name, 0)
 
 
 def kernel_env(mplbackend=None, threads=1) -> dict:
@@ -133,16 +145,18 @@ def run_notebook(path, env: dict, timeout: float = 480, settle: float = 3.0, tag
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    ap.add_argument('notebooks', nargs='+', type=Path)
+    ap.add_argument('notebooks', nargs='*', type=Path, help='notebooks to check (default: DEFAULT_NOTEBOOKS)')
     ap.add_argument('--mplbackend', default=None,
                     help="set MPLBACKEND in the kernel (e.g. Agg); default: unset, as `make lab`")
     ap.add_argument('--threads', type=int, default=1,
                     help='OMP_NUM_THREADS for the kernel (0: leave it as it is); default 1')
     ap.add_argument('--timeout', type=float, default=480, help='seconds Run All may take per notebook (default 480)')
-    ap.add_argument('--min-images', type=int, default=0, help='a notebook with fewer images counts as failed (default 0)')
+    ap.add_argument('--min-images', type=int, default=None,
+                    help="a notebook with fewer images fails (default: the count it declares in mkd_nb.docs.MIN_IMAGES)")
     ap.add_argument('--tag', default='', help='suffix for the screenshot names (e.g. _agg)')
     args = ap.parse_args(argv)
     if why := lh.missing(): print(f"lab_figures: cannot run: {why}; {lh.HOW}", file=sys.stderr); return 2
+    args.notebooks = args.notebooks or [lh.REPO / nb for nb in DEFAULT_NOTEBOOKS]
     for nb in args.notebooks:
         if not nb.is_file(): print(f"lab_figures: {nb}: no such notebook", file=sys.stderr); return 2
     env, failed = kernel_env(args.mplbackend, args.threads), 0
@@ -150,7 +164,7 @@ def main(argv=None) -> int:
         seen = run_notebook(nb, env, args.timeout, tag=args.tag)
         print(seen.line(), flush=True)
         print('   screenshots:', ', '.join(os.path.relpath(s, Path.cwd()) for s in seen.shots), flush=True)
-        failed += not seen.ok(args.min_images)
+        failed += not seen.ok(declared_images(nb) if args.min_images is None else args.min_images)
     return 1 if failed else 0
 
 

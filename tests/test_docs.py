@@ -1,14 +1,13 @@
-"""`make docs` machinery (tools/build_docs.py): notebooks run in a real Jupyter kernel show their figures as PNG, never
-as `<Figure ...>` text; the HTML site carries the images and renders formulas with the bundled MathJax, offline;
-the committed notebooks show at least the images they declare (MIN_IMAGES in tools/build_docs.py)."""
-import json, os, re, shutil, sys
+"""`make docs` machinery (mkd_nb.docs, from nbs/15_docs.ipynb): notebooks run in a real Jupyter kernel show their
+figures as PNG, never as `<Figure ...>` text; the HTML site carries the images and renders formulas with the bundled
+MathJax, offline; the committed notebooks show at least the images they declare (MIN_IMAGES in mkd_nb.docs)."""
+import json, os, re, shutil
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / 'tools'))
-import build_docs  # noqa: E402
+from mkd_nb import docs
 
 TINY = {
     'cells': [
@@ -16,7 +15,8 @@ TINY = {
          '\\frac{1 - \\cos(\\pi t / T)}{2}$ and a display formula:\n\n$$\\sigma^2_c = \\frac{1}{n_c}\\sum_i (f_i - \\mu_c)^2$$\n\n'
          'A link to [the core notebook](00_core.ipynb).'},
         {'cell_type': 'code', 'metadata': {}, 'execution_count': None, 'outputs': [],
-         'source': 'from mkd_nb.core import NotebookFigure\nfig = NotebookFigure(figsize=(2, 1.5)); fig.add_subplot().plot([0, 1, 4])\nfig'},
+         'source': 'from mkd_nb.core import NotebookFigure\n'
+                   'fig = NotebookFigure(figsize=(2, 1.5)); fig.add_subplot().plot([0, 1, 4])\nfig'},
         {'cell_type': 'code', 'metadata': {}, 'execution_count': None, 'outputs': [],
          'source': 'import matplotlib.pyplot as plt\nplt.figure(figsize=(2, 1.5)); plt.plot([3, 1, 2]); plt.show()'},
         {'cell_type': 'code', 'metadata': {}, 'execution_count': None, 'outputs': [],
@@ -36,8 +36,8 @@ def site(tmp_path_factory):
     shutil.copy(REPO / 'nbs' / '00_core.ipynb', d / '00_core.ipynb')
     os.environ.setdefault('PYTHONPATH', str(REPO))
     for name in ('tiny.ipynb', '00_core.ipynb'):
-        build_docs.execute_notebook(d / name, timeout=300, cwd=REPO / 'nbs')
-    build_docs.build_site([d / 'tiny.ipynb', d / '00_core.ipynb'], d / 'site')
+        docs.execute_notebook(d / name, timeout=300, cwd=REPO / 'nbs')
+    docs.build_site([d / 'tiny.ipynb', d / '00_core.ipynb'], d / 'site')
     return d
 
 
@@ -47,10 +47,10 @@ def test_figures_are_pictures(site):
     outs = [c.outputs for c in tiny.cells if c.cell_type == 'code']
     assert all('image/png' in o.get('data', {}) for o in outs[0] + outs[1]) and outs[0] and outs[1], outs[:2]
     assert outs[2] == []                                          # the flagged cell was skipped, as nbdev_test skips it
-    r = build_docs.figure_report(tiny)
+    r = docs.figure_report(tiny)
     assert (r['images'], r['figure_text']) == (2, []), r
-    core = build_docs.figure_report(site / '00_core.ipynb')
-    assert core['images'] >= build_docs.MIN_IMAGES['00_core.ipynb'] and core['figure_text'] == [], core
+    core = docs.figure_report(site / '00_core.ipynb')
+    assert core['images'] >= docs.MIN_IMAGES['00_core.ipynb'] and core['figure_text'] == [], core
     # nbdev_clean kept the outputs and stripped the metadata (the skip tag, execution counts)
     raw = json.loads((site / 'tiny.ipynb').read_text())
     assert all(c['metadata'] == {} for c in raw['cells']) and all(c.get('execution_count') is None for c in raw['cells'])
@@ -63,7 +63,7 @@ def test_figure_text_is_caught():
         {'output_type': 'display_data', 'data': {'image/png': 'iVBO', 'text/plain': '<NotebookFigure size 200x150 with 1 Axes>'}},
         {'output_type': 'stream', 'name': 'stdout', 'text': 'x\n<Figure size 640x480 with 0 Axes>\n'}]}]}
     import nbformat
-    r = build_docs.figure_report(nbformat.from_dict(nb))
+    r = docs.figure_report(nbformat.from_dict(nb))
     assert r['images'] == 1 and len(r['figure_text']) == 2, r
 
 
@@ -72,7 +72,7 @@ def test_site_is_offline_with_images_and_formulas(site):
     assert html.count('src="data:image/png;base64,') == 2
     assert '\\frac{1 - \\cos(\\pi t / T)}{2}' in html and '\\sum_i' in html          # formulas left for MathJax
     srcs = re.findall(r'<script[^>]*\bsrc="([^"]*)"', html)
-    assert srcs == [f'mathjax/MathJax.js?config={build_docs.MATHJAX_CONFIG}'], srcs
+    assert srcs == [f'mathjax/MathJax.js?config={docs.MATHJAX_CONFIG}'], srcs
     assert not re.search(r'<(script|link|img)[^>]*\b(src|href)="(https?:)?//', html)
     assert (site / 'site' / 'mathjax' / 'MathJax.js').exists()
     assert 'href="00_core.html"' in html and '00_core.ipynb' not in html            # links go to the pages
@@ -84,13 +84,13 @@ def test_site_is_offline_with_images_and_formulas(site):
 def test_committed_notebooks_show_their_figures():
     "Each executed notebook shows at least the images it declares and never a figure as text (after `make docs`)."
     unexecuted, short = [], []
-    for name, want in build_docs.MIN_IMAGES.items():
-        r = build_docs.figure_report(REPO / 'nbs' / name)
+    for name, want in docs.MIN_IMAGES.items():
+        r = docs.figure_report(REPO / 'nbs' / name)
         assert r['figure_text'] == [], f"nbs/{name}: figure shown as text in cell(s) {r['figure_text']}"
         if r['cells_with_output'] == 0 and want: unexecuted.append(name); continue
         if r['images'] < want: short.append(f"{name}: {r['images']} images, declares {want}")
     assert not short, 'notebooks show fewer images than they declare: ' + '; '.join(short)
-    assert set(build_docs.MIN_IMAGES) == {p.name for p in build_docs.all_notebooks()}, 'every notebook declares its images'
+    assert set(docs.MIN_IMAGES) == {p.name for p in docs.all_notebooks()}, 'every notebook declares its images'
     if unexecuted:
         msg = f"notebooks without outputs (run `make docs` and commit them): {', '.join(unexecuted)}"
         if os.environ.get('CI') == 'true': pytest.fail(msg)

@@ -1,7 +1,7 @@
-"""A page of the offline docs site (tools/build_docs.py) in headless Chromium: its figure renders, its formulas are
+"""A page of the offline docs site (mkd_nb.docs) in headless Chromium: its figure renders, its formulas are
 typeset by the bundled MathJax, nothing errs and nothing is fetched from beyond the local server.
 
-Needs Debian's `chromium` and the `playwright` package, as tests/test_viewer_browser.py does (`make browser`); without
+Needs Debian's `chromium` and the `playwright` package, as tests/lab_harness.py does (`make browser`); without
 them it skips, except under CI=true, where it fails. The screenshot lands in tests/_artifacts/docs_page.png."""
 import base64, functools, http.server, json, os, shutil, sys, threading
 from pathlib import Path
@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / 'tools')); sys.path.insert(0, str(Path(__file__).parent))
-import build_docs  # noqa: E402
-from test_viewer_browser import CHROMIUM, CHROMIUM_ARGS, ARTIFACTS, _require  # noqa: E402
+sys.path.insert(0, str(Path(__file__).parent))
+from mkd_nb import docs  # noqa: E402
+from lab_harness import CHROMIUM, CHROMIUM_ARGS, ARTIFACTS, require  # noqa: E402
 
 
 def _page_notebook(folder: Path) -> Path:
@@ -31,11 +31,11 @@ def _page_notebook(folder: Path) -> Path:
 
 
 def test_docs_page_in_chromium(tmp_path):
-    _require(Path(CHROMIUM).exists() and os.access(CHROMIUM, os.X_OK), f"{CHROMIUM} not found")
+    require('' if Path(CHROMIUM).exists() and os.access(CHROMIUM, os.X_OK) else f"{CHROMIUM} not found")
     try: from playwright.sync_api import sync_playwright
-    except ImportError: _require(False, "the playwright package is not installed")
+    except ImportError: require("the playwright package is not installed")
     site = tmp_path / 'site'
-    build_docs.build_site([_page_notebook(tmp_path)], site)
+    docs.build_site([_page_notebook(tmp_path)], site)
     class Quiet(http.server.SimpleHTTPRequestHandler):
         def log_message(self, *a): pass
     handler = functools.partial(Quiet, directory=str(site))

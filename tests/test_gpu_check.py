@@ -68,7 +68,8 @@ def test_overflow_skipped_and_counted(dry):
 
 def test_cuda_only_checks_listed_as_skipped(dry):
     rep = dry[0]
-    skipped = {(part, c['name']) for part, v in rep['parts'].items() for c in v['checks'] if c['status'].startswith('skipped: no CUDA')}
+    skipped = {(part, c['name']) for part, v in rep['parts'].items() for c in v['checks']
+               if c['status'].startswith('skipped: no CUDA')}
     for want in [('env', 'CUDA device'), ('distributed', 'all_reduce (nccl)'), ('distributed', 'training step with SyncBatchNorm'),
                  ('compile', 'torch.compile of the mkd step')] + [('amp', f'{m} fp16') for m in METHODS[1:]]:
         assert want in skipped, want
@@ -85,8 +86,8 @@ def test_bench_lists_every_recipe_and_method(dry):
     assert {r['method'] for r in rows} == set(METHODS) and {r['recipe'] for r in rows} == set(recipes)
     for r in rows:
         assert r['images_per_s'] > 0 and r['step_s'] > 0 and r['bare_s'] > 0 and r['peak_gib'] > 0, r
-    for r in rows:   # bench_step's rule: bf16 for any autocast but 'auto' on the CPU (fp32); the fp16 recipe is timed as bf16
-        assert r['amp_timed'] == {'auto': 'fp32', 'fp16': 'bf16'}[r['amp']], r
+    for r in rows:   # timed in the precision the recipe trains in: 'auto' is float32 on the CPU, fp16 is float16
+        assert r['dtype'] == {'auto': 'float32', 'fp16': 'float16'}[r['amp']], r
     assert 'images_per_s' in dry[1] and 'peak_gib' in dry[1]
 
 
