@@ -61,6 +61,7 @@ class DataConfig:
     split_seed: int = 0            # seed that picks the labeled images
     split_dir: Optional[str] = None  # folder with labeled.txt/unlabeled.txt to use instead of drawing a split
     unlabeled_dir: Optional[str] = None  # extra folder of images without masks, added to the unlabeled stream
+    void: Optional[int] = None     # folder datasets: the mask value that means 'ignore' (read as 255)
     val_split: str = 'val'         # 'val', 'test' or a split file
     train_split: str = 'train'     # training pool: 'train', a split file, or 'train_aug' (VOC: the 10 582-image set, SegmentationClassAug masks)
     crop: int = 160                # square training crop
