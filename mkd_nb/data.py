@@ -546,7 +546,9 @@ def unlabeled_ids(ds) -> list:
 
 def folder_has_split(root, split) -> bool:
     "Whether a folder dataset at `root` has split `split` (a `split/images/` folder or a split file)."
-    try: return _split_file(Path(root), split) is not None or (Path(root) / str(split) / 'images').is_dir()
+    root = Path(root)
+    if str(split) in ('train', 'all') and (root / 'images').is_dir(): return True
+    try: return _split_file(root, split) is not None or (root / str(split) / 'images').is_dir()
     except DataError: return False
 
 def hold_out(ids, fraction: float = 0.1, minimum: int = 3, seed: int = 0):
