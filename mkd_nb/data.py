@@ -15,7 +15,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from fastcore.script import call_parse, Param, anno_parser, store_true
 
-from .core import IGNORE_INDEX, ConfigError, DATASETS, labeled_count
+from .core import IGNORE_INDEX, ConfigError, DATASETS, labeled_count, cli_parser, cli_parse
 
 # %% auto #0
 __all__ = ['CAMVID_INFO', 'VOC_INFO', 'CITYSCAPES_INFO', 'CITYSCAPES_LABEL_MAP', 'SYNTHETIC_INFO', 'IMAGE_EXTS', 'CAMVID_URL',
@@ -930,14 +930,7 @@ def mkd_data(argv=None) -> int:
               file=sys.stdout if argv[:1] in (['-h'], ['--help']) else sys.stderr)
         return 0 if argv[:1] in (['-h'], ['--help']) else 2
     f = _SUBCOMMANDS[argv[0]]
-    def norm(a):  # --num-classes -> --num_classes (keeps any =value as it is)
-        if not a.startswith('--'): return a
-        name, eq, val = a[2:].partition('=')
-        return '--' + name.replace('-', '_') + eq + val
-    rest = [norm(a) for a in argv[1:]]
-    args = vars(anno_parser(f.__wrapped__, prog=f'mkd-data {argv[0]}').parse_args(rest))
-    args.pop('pdb', None); args.pop('xtra', None)
-    return f(**args)
+    return f(**cli_parse(cli_parser(f.__wrapped__, prog=f'mkd-data {argv[0]}'), argv[1:]))
 
 def main() -> int:
     "Console-script entry point (`mkd-data`): `mkd_data` on `sys.argv`."

@@ -17,7 +17,7 @@ from .train import Trainer
 __all__ = ['DEMO_CONFIG', 'DEMO_RUNS', 'compare_curves', 'run_demo', 'main']
 
 # %% ../nbs/14_demo.ipynb #f632e7e4
-DEMO_CONFIG = dict(dataset='synthetic', labeled='1/8', crop=64, batch_size=8, lr=0.02, iters=400, eval_every=100,
+DEMO_CONFIG = dict(dataset='synthetic', labeled='1/8', crop=64, batch_size=8, lr=0.02, iters=300, eval_every=100,
                    decoder_channels=64, log_every=10)
 DEMO_RUNS = {'sup': 'supervised (labeled only)', 'mkd': 'MKD (labeled + unlabeled)'}
 

@@ -12,6 +12,7 @@ from PIL import Image
 
 import mkd_nb.train as train_mod
 import mkd_nb.evaluate as eval_mod
+import mkd_nb.export as export_mod
 from mkd_nb.data import mkd_data, folder, read_split
 from mkd_nb.models import load_checkpoint
 
@@ -34,6 +35,11 @@ def own_folder(root, n_masks=12, n_bare=6, n_unlabeled=4, size=32):
         elif i < n_masks + n_bare: _png(root / 'images' / f'b{i:02d}.png', img)
         else: _png(root / 'unlabeled' / 'cam2' / f'u{i:02d}.jpg', img)
     return root
+
+
+def _has(mod):
+    import importlib.util
+    return importlib.util.find_spec(mod) is not None
 
 
 def _main(monkeypatch, entry, argv):
@@ -84,6 +90,14 @@ def test_own_folder_end_to_end(tmp_path, monkeypatch, capsys):
     assert _main(monkeypatch, eval_mod.main, ['--ckpt', run / 'best.pt', '--quiet', '--device', 'cpu']) == 0
     rep = json.loads((run / 'eval_val.json').read_text())
     assert rep['n_images'] == 3 and 0 <= rep['miou'] <= 100
+    # mkd-export: a deployable model of the evaluated network, checked against PyTorch
+    formats = ['torchscript'] + (['onnx'] if _has('onnxruntime') and _has('onnx') else [])
+    for fmt in formats:
+        assert _main(monkeypatch, export_mod.main, ['--ckpt', run / 'best.pt', '--format', fmt, '--size', 32, 64, '--runs', 2,
+                                                    '--json-out', run / f'export_{fmt}.json']) == 0
+        res = json.loads((run / f'export_{fmt}.json').read_text())
+        assert res['max_abs_diff'] < 1e-3 and res['size'] == [32, 64] and Path(res['path']).is_file()
+    assert 'max abs diff' in capsys.readouterr().out
     # the same run again repeats the split (resume: nothing left to do, same checksum)
     d2 = train_mod.build_data(train_mod.make_config('mkd', dataset='folder', root=str(root), num_classes=3, void=VOID,
                                                     labeled='all', split_dir=str(run / 'splits')), log=None)
