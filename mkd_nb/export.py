@@ -61,15 +61,20 @@ def _write(model: nn.Module, fmt: str, example: torch.Tensor, path: Path):
         torch.onnx.export(model, (example,), str(tmp), input_names=['image'], output_names=['logits'], opset_version=17,
                           dynamic_axes={'image': {0: 'batch'}, 'logits': {0: 'batch'}}, dynamo=False)
     onnx.checker.check_model(str(tmp)); tmp.replace(path)
-    sess = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
+    opts = ort.SessionOptions(); opts.intra_op_num_threads = torch.get_num_threads()   # the same threads as PyTorch
+    opts.add_session_config_entry('session.intra_op.allow_spinning', '0')   # idle threads must not steal the eager timing's CPU
+    sess = ort.InferenceSession(str(path), opts, providers=['CPUExecutionProvider'])
     return lambda x: sess.run(None, {'image': np.ascontiguousarray(np.asarray(x, np.float32))})[0]
 
-def _latency_ms(fn, x, warmup: int, runs: int) -> float:
-    for _ in range(warmup): fn(x)
-    ts = []
+def _latency_ms(fns: list, xs: list, warmup: int, runs: int) -> list:
+    "Median ms per call of each `fns[i](xs[i])`, the calls interleaved so that a change of machine load hits all alike."
+    for _ in range(warmup):
+        for f, x in zip(fns, xs): f(x)
+    ts = [[] for _ in fns]
     for _ in range(runs):
-        t0 = time.perf_counter(); fn(x); ts.append(time.perf_counter() - t0)
-    return 1000 * statistics.median(ts)
+        for t, f, x in zip(ts, fns, xs):
+            t0 = time.perf_counter(); f(x); t.append(time.perf_counter() - t0)
+    return [1000 * statistics.median(t) for t in ts]
 
 def export_model(ckpt, fmt: str = 'torchscript', size=(128, 128), out=None, batch: int = 2, tol: float = 1e-3,
                  warmup: int = 3, runs: int = 10, threads: Optional[int] = None, log=print) -> dict:
@@ -92,8 +97,7 @@ def export_model(ckpt, fmt: str = 'torchscript', size=(128, 128), out=None, batc
     one = x[:1]
     def eager(v):
         with torch.no_grad(): return model(v)
-    ms_exp = _latency_ms(run, one.numpy() if fmt == 'onnx' else one, warmup, runs)
-    ms_eager = _latency_ms(eager, one, warmup, runs)
+    ms_exp, ms_eager = _latency_ms([run, eager], [one.numpy() if fmt == 'onnx' else one, one], warmup, runs)
     res = dict(path=str(path), format=fmt, size=[H, W], num_classes=model.num_classes, max_abs_diff=diff, batch=batch,
                latency_ms=ms_exp, eager_latency_ms=ms_eager, threads=torch.get_num_threads(), mb=path.stat().st_size / 2**20)
     log(f"wrote {path} ({res['mb']:.1f} MB, {fmt}, input float32 [B,3,{H},{W}] RGB in [0,1] -> logits [B,{model.num_classes},{H},{W}])")
