@@ -590,7 +590,9 @@ class Trainer:
             k = torch.tensor(kept, dtype=torch.float64, device=self.device if dist.get_backend() == 'nccl' else 'cpu')
             dist.all_reduce(k); kept = k.tolist()
         if not kept[1]: return {}
-        out = {'pl_acc': 100 * self.pl_cm.pixel_acc(), 'pl_miou': 100 * self.pl_cm.miou(), 'pl_kept': 100 * kept[0] / kept[1]}
+        out = {'pl_kept': 100 * kept[0] / kept[1]}
+        if int(self.pl_cm.mat.sum()):   # real unlabeled images have no hidden masks to score against
+            out.update(pl_acc=100 * self.pl_cm.pixel_acc(), pl_miou=100 * self.pl_cm.miou())
         self.pl_cm = ConfusionMatrix(self.data['num_classes']); self._pl_kept = [0, 0]
         return out
 
