@@ -86,6 +86,11 @@ def test_own_folder_end_to_end(tmp_path, monkeypatch, capsys):
     best, last = load_checkpoint(run / 'best.pt'), load_checkpoint(run / 'last.pt')
     assert 'method' not in best and 'optimizer' not in best and best['class_names'] == last['class_names']
     assert (run / 'best.pt').stat().st_size < 0.5 * (run / 'last.pt').stat().st_size
+    # the slim best.pt serves the gallery and MGD's teacher loading as the full one did
+    from mkd_nb.viewer import save_gallery
+    from mkd_nb.mgd import load_teacher
+    assert save_gallery(run / 'best.pt', run / 'gallery.png', n=2, split='val').read_bytes()[:4] == b'\x89PNG'
+    assert sum(p.numel() for p in load_teacher(run / 'best.pt', 3).parameters()) > 0
     # mkd-eval finds the held-out images by itself
     assert _main(monkeypatch, eval_mod.main, ['--ckpt', run / 'best.pt', '--quiet', '--device', 'cpu']) == 0
     rep = json.loads((run / 'eval_val.json').read_text())
