@@ -24,8 +24,9 @@ $(STAMP): settings.ini setup.py
 
 install: $(STAMP)
 
+# MKD beside the supervised baseline on 32 labeled + 224 unlabeled synthetic scenes (mkd_nb/demo.py, nbs/14_demo.ipynb).
 demo: install
-	$(BIN)/mkd-train --method sup --dataset synthetic --labeled 1/8 --crop 96 --batch-size 8 --lr 0.02 --iters 300 --eval-every 100 --set decoder_channels=64 --out outputs/demo --resume auto
+	$(BIN)/python -m mkd_nb.demo outputs/demo
 
 # Debian's chromium for tests/test_viewer_browser.py (Playwright drives it; `playwright install` is never used).
 # Installed when we are root with apt; otherwise the browser test skips and says how to enable it (under CI=true it fails).

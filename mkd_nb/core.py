@@ -15,7 +15,7 @@ import torch
 # %% auto #0
 __all__ = ['IGNORE_INDEX', 'DATASETS', 'ARCHS', 'METHODS', 'METHOD_DEFAULTS', 'ConfigError', 'labeled_count', 'DataConfig',
            'ModelConfig', 'MethodConfig', 'TrainConfig', 'Config', 'make_config', 'seed_everything', 'get_device',
-           'get_logger', 'cli_main', 'NotebookFigure']
+           'get_logger', 'cli_parser', 'cli_parse', 'cli_main', 'NotebookFigure']
 
 # %% ../nbs/00_core.ipynb #e89e694d
 IGNORE_INDEX = 255  # every dataset maps its void value here; losses and metrics skip it
@@ -61,6 +61,7 @@ class DataConfig:
     split_seed: int = 0            # seed that picks the labeled images
     split_dir: Optional[str] = None  # folder with labeled.txt/unlabeled.txt to use instead of drawing a split
     unlabeled_dir: Optional[str] = None  # extra folder of images without masks, added to the unlabeled stream
+    void: Optional[int] = None     # folder datasets: the mask value that means 'ignore' (read as 255)
     val_split: str = 'val'         # 'val', 'test' or a split file
     train_split: str = 'train'     # training pool: 'train', a split file, or 'train_aug' (VOC: the 10 582-image set, SegmentationClassAug masks)
     crop: int = 160                # square training crop
@@ -317,7 +318,11 @@ def make_config(method: str = 'sup', check=True, **kw) -> Config:
         if '.' in k: sec, name = k.split('.', 1)
         else:
             secs = _FIELD_SECTION.get(k)
-            if not secs: raise ConfigError(k, f"unknown option; valid: {', '.join(sorted(_FIELD_SECTION))}")
+            if not secs:
+                import difflib
+                close = difflib.get_close_matches(k, _FIELD_SECTION, 1, 0.6)
+                hint = f" (did you mean `{close[0]}`?)" if close else ''
+                raise ConfigError(k, f"unknown option{hint}; valid: {', '.join(sorted(_FIELD_SECTION))}")
             if len(secs) > 1: raise ConfigError(k, f"ambiguous, say one of {', '.join(s + '.' + k for s in secs)}")
             sec, name = secs[0], k
         if sec not in _SECTIONS: raise ConfigError(k, f"unknown section {sec!r}")
@@ -371,24 +376,39 @@ def get_logger(name: str = 'mkd_nb', out_dir=None, rank: int = 0) -> logging.Log
     return log
 
 # %% ../nbs/00_core.ipynb #255bf7bd
-def _underscore_flags(argv):
-    out = []
-    for a in argv:
-        if a.startswith('--') and len(a) > 2:
-            key, eq, val = a[2:].partition('=')
-            neg = key.startswith('no-')
-            key = ('no-' if neg else '') + key[3 if neg else 0:].replace('-', '_')
-            a = '--' + key + eq + val
-        out.append(a)
-    return out
+def _hyphen_flags(argv):
+    "`--flag_name[=v]` -> `--flag-name[=v]` (values and positional arguments untouched)."
+    return ['--' + a[2:].partition('=')[0].replace('_', '-') + ''.join(a[2:].partition('=')[1:])
+            if a.startswith('--') and len(a) > 2 else a for a in argv]
 
-def cli_main(func, argv=None):
-    "Parse `argv` (default `sys.argv[1:]`) against `func`'s annotated signature and call it."
+def cli_parser(func, prog: Optional[str] = None, nargs: Optional[dict] = None):
+    "fastcore's parser for `func`, with hyphenated flags (`--num-classes`) and `nargs` per argument name."
     from fastcore.script import anno_parser
-    p = anno_parser(func, prog=getattr(func, '__name__', None).replace('_', '-'))
-    args = vars(p.parse_args(_underscore_flags(sys.argv[1:] if argv is None else argv)))
+    p = anno_parser(func, prog=prog or getattr(func, '__name__', '').replace('_', '-'))
+    for a in list(p._actions):
+        if a.dest in (nargs or {}): a.nargs = nargs[a.dest]
+        new = [s.replace('_', '-') if s.startswith('--') else s for s in a.option_strings]
+        for old in a.option_strings: p._option_string_actions.pop(old, None)
+        for s in new: p._option_string_actions[s] = a
+        a.option_strings = new
+    return p
+
+def cli_parse(p, argv) -> dict:
+    "Parse `argv` with `p`; an unknown flag is an error that names it and suggests the closest flag."
+    import difflib
+    ns, rest = p.parse_known_args(_hyphen_flags(argv))
+    if rest:
+        flags = [s for s in p._option_string_actions if s.startswith('--')]
+        bad = next((r for r in rest if r.startswith('-')), rest[0])
+        close = difflib.get_close_matches(bad.split('=')[0], flags, 1, 0.6)
+        p.error(f"unrecognized argument: {bad}" + (f" (did you mean {close[0]}?)" if close else ''))
+    args = vars(ns)
     args.pop('pdb', None); args.pop('xtra', None)
-    return func(**args)
+    return args
+
+def cli_main(func, argv=None, nargs: Optional[dict] = None):
+    "Parse `argv` (default `sys.argv[1:]`) against `func`'s annotated signature and call it."
+    return func(**cli_parse(cli_parser(func, nargs=nargs), sys.argv[1:] if argv is None else argv))
 
 # %% ../nbs/00_core.ipynb #e7060950
 from matplotlib.figure import Figure

@@ -15,15 +15,15 @@ from PIL import Image
 from torch.utils.data import Dataset
 from fastcore.script import call_parse, Param, anno_parser, store_true
 
-from .core import IGNORE_INDEX, ConfigError, DATASETS, labeled_count
+from .core import IGNORE_INDEX, ConfigError, DATASETS, labeled_count, cli_parser, cli_parse
 
 # %% auto #0
 __all__ = ['CAMVID_INFO', 'VOC_INFO', 'CITYSCAPES_INFO', 'CITYSCAPES_LABEL_MAP', 'SYNTHETIC_INFO', 'IMAGE_EXTS', 'CAMVID_URL',
            'SPLIT_PRESETS', 'SPLIT_FORMAT', 'DatasetInfo', 'DataError', 'read_image', 'SegDataset', 'synthetic_scene',
            'SyntheticScenes', 'colorize', 'show_samples', 'camvid', 'voc', 'cityscapes', 'folder', 'unlabeled_folder',
-           'get_dataset', 'verify_camvid', 'download_camvid', 'make_split', 'write_split', 'read_split',
-           'split_checksum', 'save_splits', 'load_splits', 'DatasetReport', 'check_dataset', 'drop_bad',
-           'mkd_data_check', 'mkd_data_split', 'mkd_data', 'main']
+           'with_unlabeled', 'unlabeled_ids', 'folder_has_split', 'hold_out', 'get_dataset', 'verify_camvid',
+           'download_camvid', 'make_split', 'write_split', 'read_split', 'split_checksum', 'save_splits', 'load_splits',
+           'DatasetReport', 'check_dataset', 'drop_bad', 'mkd_data_check', 'mkd_data_split', 'mkd_data', 'main']
 
 # %% ../nbs/01_data.ipynb #8e66a1e2
 @dataclass
@@ -157,6 +157,11 @@ def _apply_lut(raw: np.ndarray, lut: np.ndarray, path, num_classes: int, void=No
         extra = f", void {void}" if void not in (None, IGNORE_INDEX) else ""
         raise DataError(path, f"label values {vals[:8]}{' ...' if len(vals) > 8 else ''} outside [0, {num_classes}){extra} and 255")
     return m
+def _out_of_range(raw: np.ndarray, lut: np.ndarray) -> list:
+    "The raw values of a mask that `lut` does not accept (sorted)."
+    r = raw.astype(np.int64)
+    out = (r < 0) | (r >= len(lut))
+    return np.unique(r[out | (lut[np.where(out, 0, r)] < 0)]).tolist()
 
 # %% ../nbs/01_data.ipynb #2a7a9867
 def _rel(p: Path, root: Optional[Path]) -> str:
@@ -486,7 +491,7 @@ def cityscapes(root, split: str = 'train') -> SegDataset:
 def _stem_key(p: Path, base: Path) -> str: return p.relative_to(base).with_suffix('').as_posix()
 
 def folder(root, split: str = 'train', num_classes: Optional[int] = None, class_names=None, void: Optional[int] = None) -> SegDataset:
-    "`images/` + `masks/` paired by file stem; `num_classes` (or `class_names`) given by the user."
+    "`images/` + `masks/` paired by file stem; in the training pool, images without a mask (and `unlabeled/`) are unlabeled."
     root = _need_dir(root, 'folder dataset root')
     if class_names is not None:
         class_names = list(class_names)
@@ -494,6 +499,7 @@ def folder(root, split: str = 'train', num_classes: Optional[int] = None, class_
             raise ConfigError('data.num_classes', f"{num_classes} classes but {len(class_names)} class names")
         num_classes = len(class_names)
     if not num_classes or num_classes < 1: raise ConfigError('data.num_classes', "the folder dataset needs num_classes")
+    if void is not None and not 0 <= int(void) <= 255: raise ConfigError('data.void', f"must be a mask value in [0, 255], got {void}")
     info = DatasetInfo('folder', class_names or [f'class{i}' for i in range(num_classes)], _bit_palette(num_classes), void)
     def single(t):
         img = _resolve(root, t)
@@ -507,13 +513,15 @@ def folder(root, split: str = 'train', num_classes: Optional[int] = None, class_
     if (root / str(split) / 'images').is_dir(): base = root / str(split)
     elif (root / 'images').is_dir() and str(split) in ('train', 'all'): base = root
     else: raise DataError(root, f"no images/ folder for split {split!r} (expected {split}/images/ or images/ with masks/)")
+    pool = str(split) in ('train', 'all')     # the training pool: an image without a mask is unlabeled, not an error
     imgs = _images_in(base / 'images', recursive=True)
     masks = {}
     if (base / 'masks').is_dir():
         for m in sorted(_images_in(base / 'masks', recursive=True), key=lambda p: p.suffix.lower() != '.png'):
             masks.setdefault(_stem_key(m, base / 'masks'), m)
     keys = [_stem_key(p, base / 'images') for p in imgs]
-    pairs = [(p, masks.get(k, base / 'masks' / f'{k}.png')) for p, k in zip(imgs, keys)]
+    pairs = [(p, masks.get(k, None if pool else base / 'masks' / f'{k}.png')) for p, k in zip(imgs, keys)]
+    if pool and (base / 'unlabeled').is_dir(): pairs += [(p, None) for p in _images_in(base / 'unlabeled', recursive=True)]
     ds = SegDataset(pairs, info, root, void=void)
     ds.notes += [(str(m), "mask without an image") for k, m in masks.items() if k not in set(keys)]
     return ds
@@ -524,6 +532,32 @@ def unlabeled_folder(root, info: Optional[DatasetInfo] = None) -> SegDataset:
     imgs = _images_in(root, recursive=True)
     if not imgs: raise DataError(root, "no images found")
     return SegDataset([(p, None) for p in imgs], info or DatasetInfo('unlabeled', [], []), root)
+
+def with_unlabeled(ds: SegDataset, folder_path) -> SegDataset:
+    "`ds` with every image under `folder_path` (recursively) added as an unlabeled sample."
+    extra = unlabeled_folder(folder_path).pairs
+    have = {p.resolve() for p, _ in ds.pairs}
+    return ds.with_pairs(list(ds.pairs) + [(p, None) for p, _ in extra if p.resolve() not in have])
+
+def unlabeled_ids(ds) -> list:
+    "Ids of the samples of `ds` that have no mask (none for generated data)."
+    if getattr(ds, 'pairs', None) is None: return []
+    return [k for k, (_, m) in zip(ds.ids, ds.pairs) if m is None]
+
+def folder_has_split(root, split) -> bool:
+    "Whether a folder dataset at `root` has split `split` (a `split/images/` folder or a split file)."
+    root = Path(root)
+    if str(split) in ('train', 'all') and (root / 'images').is_dir(): return True
+    try: return _split_file(root, split) is not None or (root / str(split) / 'images').is_dir()
+    except DataError: return False
+
+def hold_out(ids, fraction: float = 0.1, minimum: int = 3, seed: int = 0):
+    "(held, rest): a seeded `fraction` of `ids` (at least `minimum`, always leaving one) set aside, e.g. for validation."
+    order = sorted(str(i) for i in ids)
+    if len(order) < 2: raise ValueError(f"hold_out: need at least 2 images to hold some out, got {len(order)}")
+    k = min(max(minimum, round(fraction * len(order))), len(order) - 1)
+    pick = set(np.random.default_rng([int(seed), 0x76616c]).permutation(len(order))[:k].tolist())   # 'val': its own stream
+    return [i for n, i in enumerate(order) if n in pick], [i for n, i in enumerate(order) if n not in pick]
 
 # %% ../nbs/01_data.ipynb #17cab941
 def get_dataset(name: str, root=None, split: str = 'train', num_classes: Optional[int] = None, **kw):
@@ -656,6 +690,7 @@ def _write_text(path: Path, text: str):
     "Write a file atomically (temporary file + rename)."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.')
+    umask = os.umask(0); os.umask(umask); os.fchmod(fd, 0o666 & ~umask)   # mkstemp makes it 0600; follow the umask
     try:
         with os.fdopen(fd, 'w') as f: f.write(text)
         os.replace(tmp, path)
@@ -757,15 +792,19 @@ class DatasetReport:
     bad_ids: list = field(default_factory=list)
     bad_index: list = field(default_factory=list)
     skipped: list = field(default_factory=list)
+    n_unlabeled: int = 0                          # images without a mask (the unlabeled pool of a training split)
+    hints: list = field(default_factory=list)    # what the user may want to do about the errors
 
     @property
     def ok(self) -> bool: return not self.errors
 
     def __str__(self):
         lines = [f"dataset {self.name} at {self.root}: {self.n} samples checked"]
+        if self.n_unlabeled: lines.append(f"{self.n - self.n_unlabeled} images with masks, {self.n_unlabeled} without (unlabeled)")
         lines += [f"ERROR {f}: {p}" for f, p in self.errors]
         lines += [f"note  {f}: {p}" for f, p in self.notes]
         if self.skipped: lines.append(f"skipped {len(self.skipped)} bad samples: {', '.join(self.skipped)}")
+        lines += [f"hint: {h}" for h in self.hints]
         if self.ok: lines.append(f"OK: no errors ({len(self.notes)} notes)")
         else: lines.append(f"NOT OK: {len(self.errors)} errors in {len(self.bad_ids)} of {self.n} samples ({len(self.notes)} notes)")
         return '\n'.join(lines)
@@ -788,7 +827,7 @@ def check_dataset(ds, num_classes: Optional[int] = None) -> DatasetReport:
                 rep.errors.append((ds.ids[i], str(e))); rep.bad_ids.append(ds.ids[i]); rep.bad_index.append(i)
         return rep
     lut = _make_lut(C, ds.void, ds.label_map)
-    seen = {}
+    seen, bad_values, n_masks = {}, {}, 0
     for i, (img_p, m_p) in enumerate(ds.pairs):
         errs = []
         key = os.path.splitext(ds.ids[i])[0]
@@ -799,7 +838,9 @@ def check_dataset(ds, num_classes: Optional[int] = None) -> DatasetReport:
             im = _open(img_p, 'image'); size = im.size
             if im.mode != 'RGB': rep.notes.append((where(img_p), f"{im.mode} image converted to RGB"))
         except DataError as e: errs.append((where(img_p), e.problem))
-        if m_p is not None:
+        if m_p is None: rep.n_unlabeled += 1
+        else:
+            n_masks += 1
             if not m_p.is_file(): errs.append((where(m_p), f"missing mask for image {where(img_p)}"))
             else:
                 try:
@@ -807,10 +848,16 @@ def check_dataset(ds, num_classes: Optional[int] = None) -> DatasetReport:
                     if size is not None and raw.shape != (size[1], size[0]):
                         errs.append((where(m_p), f"size mismatch: mask is {raw.shape[1]}x{raw.shape[0]} but image "
                                                  f"{where(img_p)} is {size[0]}x{size[1]}"))
+                    for v in _out_of_range(raw, lut) if ds.label_map is None else []: bad_values[v] = bad_values.get(v, 0) + 1
                     _apply_lut(raw, lut, m_p, C, ds.void, strict=ds.label_map is None)
                 except DataError as e: errs.append((where(m_p), e.problem))
         if errs:
             rep.errors += errs; rep.bad_ids.append(ds.ids[i]); rep.bad_index.append(i)
+    if len(bad_values) == 1 and ds.void in (None, IGNORE_INDEX):   # one foreign value everywhere: most likely a void label
+        (v, k), = bad_values.items()
+        rep.hints.append(f"the only label value outside [0, {C}) is {v} (in {k} of {n_masks} masks): if it marks void "
+                         f"pixels, pass --void {v} to ignore them (they become {IGNORE_INDEX})")
+    if n_masks == 0 and rep.n_unlabeled: rep.hints.append("no image has a mask: put masks (same file stem) in masks/")
     return rep
 
 def drop_bad(ds, report: DatasetReport):
@@ -823,15 +870,25 @@ def drop_bad(ds, report: DatasetReport):
     return ds.with_pairs([p for i, p in enumerate(ds.pairs) if i not in bad])
 
 # %% ../nbs/01_data.ipynb #166fa5c6
+def _cli_dataset(dataset, root, split, num_classes, void, unlabeled_dir, aug):
+    "The dataset the `mkd-data` options name."
+    if void is not None and dataset != 'folder':
+        raise ConfigError('data.void', f"{dataset} has its own void value; --void is for folder datasets")
+    kw = {'aug': aug} if dataset == 'voc' else {'void': void} if dataset == 'folder' else {}
+    ds = get_dataset(dataset, root, split, num_classes, **kw)
+    return with_unlabeled(ds, unlabeled_dir) if unlabeled_dir else ds
+
 @call_parse
 def mkd_data_check(dataset: Param("dataset kind", str, choices=DATASETS) = 'folder',
                    root: Param("dataset folder", str) = None,
                    num_classes: Param("number of classes (needed for folder datasets)", int) = None,
                    split: Param("split name (train, val, test) or a split file", str) = 'train',
+                   void: Param("folder datasets: the mask value that means 'ignore' (becomes 255)", int) = None,
+                   unlabeled_dir: Param("another folder of images without masks (searched recursively)", str) = None,
                    aug: Param("VOC: masks from SegmentationClassAug", store_true) = False):
     "Check every image and mask of a dataset split and print the report; exit status 0 only when clean."
     try:
-        ds = get_dataset(dataset, root, split, num_classes, **({'aug': aug} if dataset == 'voc' else {}))
+        ds = _cli_dataset(dataset, root, split, num_classes, void, unlabeled_dir, aug)
         rep = check_dataset(ds, num_classes)
     except (DataError, ConfigError) as e:
         print(f"mkd-data check: {e}", file=sys.stderr); return 1
@@ -846,11 +903,14 @@ def mkd_data_split(dataset: Param("dataset kind", str, choices=DATASETS) = 'fold
                    out: Param("output folder for labeled.txt, unlabeled.txt, split.json", str) = 'splits',
                    split: Param("split to divide (name or split file)", str) = 'train',
                    num_classes: Param("number of classes (needed for folder datasets)", int) = None,
+                   unlabeled_dir: Param("another folder of images without masks (searched recursively)", str) = None,
                    aug: Param("VOC: masks from SegmentationClassAug", store_true) = False):
-    "Draw a labeled/unlabeled split with a seed and write it to `out`."
+    "Draw a labeled/unlabeled split with a seed (among the images with masks) and write it to `out`."
     try:
-        ds = get_dataset(dataset, root, split, num_classes, **({'aug': aug} if dataset == 'voc' else {}))
-        lab, unl = make_split(ds.ids, labeled, seed)
+        ds = _cli_dataset(dataset, root, split, num_classes, None, unlabeled_dir, aug)
+        no_mask = unlabeled_ids(ds)
+        lab, unl = make_split([k for k in ds.ids if k not in set(no_mask)], labeled, seed)
+        unl += no_mask
         info = save_splits(out, ds, lab, unl, dict(labeled=str(labeled), seed=seed, split=str(split)))
     except (DataError, ConfigError, ValueError) as e:
         print(f"mkd-data split: {e}", file=sys.stderr); return 1
@@ -870,14 +930,7 @@ def mkd_data(argv=None) -> int:
               file=sys.stdout if argv[:1] in (['-h'], ['--help']) else sys.stderr)
         return 0 if argv[:1] in (['-h'], ['--help']) else 2
     f = _SUBCOMMANDS[argv[0]]
-    def norm(a):  # --num-classes -> --num_classes (keeps any =value as it is)
-        if not a.startswith('--'): return a
-        name, eq, val = a[2:].partition('=')
-        return '--' + name.replace('-', '_') + eq + val
-    rest = [norm(a) for a in argv[1:]]
-    args = vars(anno_parser(f.__wrapped__, prog=f'mkd-data {argv[0]}').parse_args(rest))
-    args.pop('pdb', None); args.pop('xtra', None)
-    return f(**args)
+    return f(**cli_parse(cli_parser(f.__wrapped__, prog=f'mkd-data {argv[0]}'), argv[1:]))
 
 def main() -> int:
     "Console-script entry point (`mkd-data`): `mkd_data` on `sys.argv`."

@@ -239,6 +239,7 @@ def _ckpt_dataset(name, root, split, C, dcfg):
     if name == 'synthetic':
         kw = {k: dcfg[k2] for k, k2 in (('n', 'synthetic_train' if split == 'train' else 'synthetic_val'), ('size', 'synthetic_size')) if k2 in dcfg}
     elif name == 'voc' and split == 'train_aug': kw = {'aug': True}   # the 10 582-image pool has SegmentationClassAug masks
+    elif name == 'folder': kw = {'void': dcfg.get('void')}
     return get_dataset(name, root=root, split=split, num_classes=C, **kw)
 
 def _bn_images(ckpt, name, root, C, dcfg, bn_data):
@@ -257,6 +258,9 @@ def _eval_checkpoint(ckpt, dataset, root, split, sliding, window, flip, save_pre
     name = dataset or dcfg.get('dataset', 'synthetic')
     root = root if root is not None else (dcfg.get('root') if name == dcfg.get('dataset') else None)
     C = int(ck['num_classes'])
+    from mkd_nb.data import folder_has_split
+    held = Path(ckpt).parent / 'splits' / 'val.txt'   # a folder without a val split: the images the run held out for it
+    if name == 'folder' and split == 'val' and root and not folder_has_split(root, 'val') and held.is_file(): split = str(held)
     ds = _ckpt_dataset(name, root, split, C, dcfg)
     if ds.num_classes != C:
         raise ValueError(f"{ckpt}: the network predicts {C} classes but dataset {name!r} has {ds.num_classes}")

@@ -233,6 +233,7 @@ def save_checkpoint(path, payload: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {'format': CKPT_FORMAT, 'version': mkd_nb.__version__, **payload}
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix='.tmp')
+    umask = os.umask(0); os.umask(umask); os.fchmod(fd, 0o666 & ~umask)   # mkstemp makes it 0600; a shared run follows the umask
     try:
         with os.fdopen(fd, 'wb') as f:
             torch.save(payload, f)

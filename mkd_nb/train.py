@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_train.ipynb #a4a5ce9f
 from __future__ import annotations
-import json, math, os, random, shutil, sys, time
+import json, logging, math, os, random, shutil, sys, time
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Optional
@@ -17,7 +17,8 @@ from fastcore.script import call_parse
 
 import mkd_nb
 from .core import *
-from .data import get_dataset, SyntheticScenes, make_split, read_split, save_splits, split_checksum, check_dataset, drop_bad, DataError
+from .data import (get_dataset, SyntheticScenes, make_split, read_split, save_splits, split_checksum, check_dataset,
+                         drop_bad, DataError, write_split, with_unlabeled, unlabeled_ids, folder_has_split, hold_out)
 from .loader import SemiLoader
 from .models import save_checkpoint, load_checkpoint, Ensemble, CKPT_FORMAT, CheckpointError
 from .methods import build_method, Method
@@ -27,24 +28,45 @@ from .evaluate import evaluate, ConfusionMatrix
 # %% auto #0
 __all__ = ['RUN_FREE_FIELDS', 'RECIPES', 'build_data', 'effective_lr', 'lr_at', 'param_groups', 'amp_dtype', 'TrainingError',
            'check_output_dir', 'check_finite', 'rng_state', 'set_rng_state', 'dist_env', 'init_distributed',
-           'cleanup_distributed', 'all_average', 'sync_grads', 'fault_point', 'config_diff', 'Trainer',
+           'cleanup_distributed', 'all_average', 'sync_grads', 'fault_point', 'config_diff', 'smooth', 'Trainer',
            'parse_overrides', 'recipe_config', 'mkd_train', 'launch_command', 'main']
 
 # %% ../nbs/10_train.ipynb #975eda92
+def _val_held_out(d: DataConfig, train, say) -> tuple:
+    "(val, train, val_ids) for a folder without a val split: images with masks held out with the split seed (or read back)."
+    pool = [k for k in train.ids if k not in set(unlabeled_ids(train))]
+    back = Path(d.split_dir) / 'val.txt' if d.split_dir else None
+    if back is not None and back.is_file(): val_ids = read_split(back, train)
+    else:
+        if len(pool) < 2: raise DataError(d.root, f"only {len(pool)} image(s) with a mask: too few to hold some out for validation "
+                                                  "(add masks, or a val/images + val/masks folder)")
+        val_ids = hold_out(pool, seed=d.split_seed)[0]
+        say(f"no {d.val_split!r} split in {d.root}: holding out {len(val_ids)} of the {len(pool)} images with masks for "
+            f"validation (split seed {d.split_seed}); the run writes them to splits/val.txt")
+    held = set(val_ids)
+    return train.subset(val_ids), train.with_pairs([p for k, p in zip(train.ids, train.pairs) if k not in held]), val_ids
+
 def build_data(cfg: Config, log=None) -> dict:
     "Datasets (train, labeled, unlabeled, val), the split and its checksum for `cfg`."
     d = cfg.data
     say = log.info if log else print
-    if d.unlabeled_dir:   # refused rather than silently ignored
-        raise ConfigError('data.unlabeled_dir', "is not supported yet: add those images to the train split and list them in unlabeled.txt (--split-dir)")
+    val_ids = []
     if d.dataset == 'synthetic':
+        for k in ('unlabeled_dir', 'void'):
+            if getattr(d, k) is not None: raise ConfigError(f'data.{k}', "is for datasets read from files, not the synthetic scenes")
         train = SyntheticScenes(d.synthetic_train, size=d.synthetic_size, seed=0, split='train')
         val = SyntheticScenes(d.synthetic_val, size=d.synthetic_size, seed=0, split='val')
     else:
+        if d.void is not None and d.dataset != 'folder':
+            raise ConfigError('data.void', f"{d.dataset} has its own void value; --void is for folder datasets")
+        kw = {'void': d.void} if d.dataset == 'folder' else {}
         aug = {'aug': True} if d.dataset == 'voc' and d.train_split == 'train_aug' else {}   # the 10 582-image set has SegmentationClassAug masks
-        train = get_dataset(d.dataset, d.root, d.train_split, num_classes=d.num_classes, **aug)
-        val = get_dataset(d.dataset, d.root, d.val_split, num_classes=d.num_classes)
+        train = get_dataset(d.dataset, d.root, d.train_split, num_classes=d.num_classes, **aug, **kw)
+        if d.unlabeled_dir: train = with_unlabeled(train, d.unlabeled_dir)
+        hold = d.dataset == 'folder' and not folder_has_split(d.root, d.val_split)
+        val = None if hold else get_dataset(d.dataset, d.root, d.val_split, num_classes=d.num_classes, **kw)
         for name, ds in (('train', train), ('val', val)):
+            if ds is None: continue
             rep = check_dataset(ds, ds.num_classes)
             if not rep.ok:
                 if not d.skip_bad:
@@ -53,25 +75,34 @@ def build_data(cfg: Config, log=None) -> dict:
                 ds = drop_bad(ds, rep)
                 if name == 'train': train = ds
                 else: val = ds
+        if hold: val, train, val_ids = _val_held_out(d, train, say)
     C = train.num_classes
     if d.num_classes is not None and d.num_classes != C:
         raise ConfigError('data.num_classes', f"the config says {d.num_classes} classes but the {d.dataset} data has {C}")
+    no_mask = unlabeled_ids(train)      # always unlabeled; the labeled images are drawn among the others
     if d.split_dir:
         lab_ids = read_split(Path(d.split_dir) / 'labeled.txt', train)
         unl_path = Path(d.split_dir) / 'unlabeled.txt'
         unl_ids = read_split(unl_path, train) if unl_path.exists() else [i for i in train.ids if i not in set(lab_ids)]
+        bare = set(lab_ids) & set(no_mask)
+        if bare: raise DataError(Path(d.split_dir) / 'labeled.txt', f"{len(bare)} labeled images have no mask, e.g. {sorted(bare)[0]}")
     else:
-        lab_ids, unl_ids = make_split(train.ids, d.labeled, d.split_seed)
+        pool = [k for k in train.ids if k not in set(no_mask)]
+        if not pool: raise DataError(d.root, "no image has a mask: nothing to learn from (masks/ pairs with images/ by file stem)")
+        lab_ids, unl_ids = make_split(pool, d.labeled, d.split_seed)
+        unl_ids += no_mask
     if not lab_ids: raise DataError(d.split_dir or d.root, "the labeled split is empty")
     overlap = set(lab_ids) & set(unl_ids)
     if overlap: raise DataError(d.split_dir, f"{len(overlap)} images are both labeled and unlabeled, e.g. {sorted(overlap)[0]}")
     if cfg.method.name != 'sup' and not unl_ids:
         raise ConfigError('data.labeled', f"method {cfg.method.name} needs unlabeled images but the split leaves none "
-                                          f"({len(lab_ids)} of {len(train)} labeled); label fewer or use --method sup")
+                                          f"({len(lab_ids)} of {len(train)} labeled): label fewer (--labeled 1/8), add images "
+                                          "without masks, or use --method sup")
     labeled, unlabeled = train.subset(lab_ids), (train.subset(unl_ids) if unl_ids else None)
     return dict(train=train, labeled=labeled, unlabeled=unlabeled, val=val, num_classes=C,
-                class_names=list(train.info.classes), lab_ids=lab_ids, unl_ids=unl_ids,
-                checksum=split_checksum(train, lab_ids + unl_ids))
+                class_names=list(train.info.classes), lab_ids=lab_ids, unl_ids=unl_ids, val_ids=val_ids, n_no_mask=len(no_mask),
+                checksum=split_checksum(train, lab_ids + unl_ids) if not val_ids else
+                         split_checksum(train.with_pairs(train.pairs + val.pairs), lab_ids + unl_ids + val_ids))
 
 # %% ../nbs/10_train.ipynb #8236a858
 def effective_lr(t: TrainConfig, total_batch: int) -> float:
@@ -247,10 +278,33 @@ class _NoBar:
     def __iter__(self): return iter(self.it)
     def write(self, row, table=False): self.log.info('  '.join(f"{c:>9}" for c in row))
 
+def smooth(y, weight: float = 0.8) -> list:
+    "Exponential moving average of `y`, bias-corrected so that it starts at the first value (a trend line over noisy losses)."
+    out, m = [], 0.0
+    for i, v in enumerate(y, 1):
+        m = weight * m + (1 - weight) * v
+        out.append(m / (1 - weight ** i))
+    return out
+
+def _remove_run_folder(out: Path):
+    "Close the log file inside `out` and remove the folder."
+    log = get_logger('mkd_nb')
+    for h in [h for h in log.handlers if isinstance(h, logging.FileHandler) and Path(h.baseFilename).parent == out.resolve()]:
+        h.close(); log.removeHandler(h)
+    shutil.rmtree(out, ignore_errors=True)
+
 class Trainer:
     "Runs `cfg.method` on `cfg.data`: `fit()` trains, evaluates every `eval_every` iterations and checkpoints."
     def __init__(self, cfg: Config, data: dict | None = None, method: Method | None = None):
         self.cfg = cfg.check()
+        out, self.is_main = Path(cfg.train.out), True
+        fresh = not out.exists()
+        try: self._setup(cfg, data, method)
+        except BaseException:   # a refused run leaves no folder behind (only one this call made, so all in it is ours)
+            if fresh and self.is_main: _remove_run_folder(out)
+            raise
+
+    def _setup(self, cfg, data, method):
         t = cfg.train
         self.rank, self.world, self.device = init_distributed(t.device)
         self.is_main = self.rank == 0                      # only rank 0 writes into the output folder
@@ -285,8 +339,10 @@ class Trainer:
         if t.resume: self.resume(t.resume)
         if self.it == 0 and self.is_main: self._fresh_log()
         if self.world > 1: self._agree()
+        no_mask = self.data.get('n_no_mask', 0)
         self.log.info(f"{self.method.name} on {cfg.data.dataset}: {len(self.data['labeled'])} labeled, "
-                      f"{len(self.data['unl_ids'])} unlabeled, {C} classes; device {self.device}, {self.world} process(es); "
+                      f"{len(self.data['unl_ids'])} unlabeled" + (f" ({no_mask} without masks)" if no_mask else '') +
+                      f", {len(self.data['val'])} validation, {C} classes; device {self.device}, {self.world} process(es); "
                       f"lr {self.base_lr:g} for a total batch of {self.total_batch} = {cfg.data.batch_size} x {self.world} processes x {t.grad_accum} accumulation "
                       f"(rule: {t.lr_scaling}, defined for {t.lr_batch or self.total_batch})" + (f", x{t.head_lr_mult:g} outside the encoder" if t.head_lr_mult != 1 else ''))
 
@@ -316,6 +372,11 @@ class Trainer:
                 'best': dict(self.best), 'wall': self.wall, 'skipped': self.skipped,
                 'split': {'checksum': self.data['checksum'], 'labeled': len(self.data['lab_ids']), 'unlabeled': len(self.data['unl_ids'])}}
 
+    def deploy_payload(self, p: Optional[dict] = None) -> dict:
+        "What evaluation and deployment need (`best.pt`): the evaluated network(s), the config and the class names."
+        p = p or self.payload()
+        return {k: p[k] for k in ('format', 'version', 'config', 'num_classes', 'class_names', 'iter', 'eval_nets', 'best')}
+
     def resume(self, how):
         "Continue from `last.pt` in the output folder ('auto', a fresh start when there is none) or from a checkpoint path."
         path = self.out / 'last.pt' if how == 'auto' else Path(how)
@@ -326,6 +387,8 @@ class Trainer:
             if how == 'auto': return
             raise TrainingError(f"cannot resume: {path} does not exist")
         ck = load_checkpoint(path)
+        if 'method' not in ck:
+            raise TrainingError(f"cannot resume from {path}: it keeps only the evaluated network (a best.pt); resume from last.pt")
         diff = config_diff(ck['config'], self.cfg)
         if diff: raise TrainingError(f"cannot resume from {path}: the configuration differs ({'; '.join(diff[:5])})")
         if ck['split']['checksum'] != self.data['checksum']:
@@ -373,7 +436,7 @@ class Trainer:
         p = self.payload()                  # every rank: it gathers the ranks' RNG states
         if not self.is_main: return
         for name in ('last.pt', 'best.pt') if best else ('last.pt',):
-            try: save_checkpoint(self.out / name, p)
+            try: save_checkpoint(self.out / name, p if name == 'last.pt' else self.deploy_payload(p))
             except OSError as e:   # disk full, folder gone, ...: save_checkpoint left the previous file as it was
                 raise TrainingError(f"iteration {self.it}: writing {self.out / name} failed ({e.strerror or e}); the previous "
                                     f"{name} is intact: make room and continue with --resume auto") from e
@@ -410,8 +473,11 @@ class Trainer:
     def write_static(self):
         if not self.is_main: return
         self.cfg.to_json(self.out / 'config.json')
+        val_ids = self.data.get('val_ids') or []
         save_splits(self.out / 'splits', self.data['train'], self.data['lab_ids'], self.data['unl_ids'],
-                    {'labeled': self.cfg.data.labeled, 'seed': self.cfg.data.split_seed, 'dataset': self.cfg.data.dataset})
+                    {'labeled': self.cfg.data.labeled, 'seed': self.cfg.data.split_seed, 'dataset': self.cfg.data.dataset,
+                     'n_val_held_out': len(val_ids)})
+        if val_ids: write_split(self.out / 'splits' / 'val.txt', self.data['val'], val_ids)
 
     # -- one iteration ----------------------------------------------------------------------------
     def train_step(self, it: int) -> dict:
@@ -480,6 +546,7 @@ class Trainer:
         for r in mb:
             end = min((r + 1) * t.eval_every, stop)
             sums, n, t0, timing = {}, 0, time.time(), {'step': 0.0, 'data': 0.0}
+            win, wn = {}, 0          # since the last log row: each row is the mean of its own iterations
             for it in (progress_bar(range(self.it, end), parent=mb) if bars else range(self.it, end)):
                 if fault == (it, self.rank):
                     self.log.warning(f"MKD_FAULT_EXIT_AT: rank {self.rank} exits at iteration {it}"); os._exit(1)
@@ -487,10 +554,12 @@ class Trainer:
                 logs = self.train_step(it)
                 data_s = logs.pop('data_s')
                 self.it = it + 1; n += 1
-                for k, v in logs.items(): sums[k] = sums.get(k, 0.0) + v
+                for k, v in logs.items(): sums[k] = sums.get(k, 0.0) + v; win[k] = win.get(k, 0.0) + v
+                wn += 1
                 timing['step'] += time.perf_counter() - ts; timing['data'] += data_s
                 if self.it % t.log_every == 0 or self.it == end:
-                    row = {'iter': self.it, 'lr': self.opt.param_groups[0]['lr'], **{k: v / n for k, v in sums.items()}}
+                    row = {'iter': self.it, 'lr': self.opt.param_groups[0]['lr'], **{k: v / wn for k, v in win.items()}}
+                    win, wn = {}, 0
                     mb.child.comment = ' '.join(f"{k} {v:.3f}" for k, v in row.items() if k not in ('iter', 'lr'))
                     if not bars and self.it % (10 * t.log_every) == 0: self.log.info(f"iter {self.it}/{t.iters} " + mb.child.comment)
                     row['step_s'] = timing['step'] / n; row['data_wait'] = timing['data'] / max(timing['step'], 1e-9)
@@ -521,7 +590,9 @@ class Trainer:
             k = torch.tensor(kept, dtype=torch.float64, device=self.device if dist.get_backend() == 'nccl' else 'cpu')
             dist.all_reduce(k); kept = k.tolist()
         if not kept[1]: return {}
-        out = {'pl_acc': 100 * self.pl_cm.pixel_acc(), 'pl_miou': 100 * self.pl_cm.miou(), 'pl_kept': 100 * kept[0] / kept[1]}
+        out = {'pl_kept': 100 * kept[0] / kept[1]}
+        if int(self.pl_cm.mat.sum()):   # real unlabeled images have no hidden masks to score against
+            out.update(pl_acc=100 * self.pl_cm.pixel_acc(), pl_miou=100 * self.pl_cm.miou())
         self.pl_cm = ConfusionMatrix(self.data['num_classes']); self._pl_kept = [0, 0]
         return out
 
@@ -549,10 +620,12 @@ class Trainer:
         fig = Figure(figsize=(10, 3.5))
         ax1, ax2 = fig.subplots(1, 2)
         steps = [r for r in self.history if 'lr' in r]
-        for k in sorted({k for r in steps for k in r} - {'iter', 'lr', 'step_s', 'data_wait', 'lam_fa'}):
-            pts = [(r['iter'], r[k]) for r in steps if k in r]
-            ax1.plot(*zip(*pts), label=k)
-        ax1.set_xlabel('iteration'); ax1.set_title('losses'); ax1.legend(fontsize=7)
+        for i, k in enumerate(sorted({k for r in steps for k in r} - {'iter', 'lr', 'step_s', 'data_wait', 'lam_fa'})):
+            x, y = zip(*[(r['iter'], r[k]) for r in steps if k in r])
+            ax1.plot(x, y, color=f'C{i}', alpha=0.3, lw=0.8)                    # raw: the mean of each logged interval
+            ax1.plot(x, smooth(y), color=f'C{i}', lw=1.6, label=k)
+        ax1.set_xlabel('iteration'); ax1.set_title(f'losses (raw every {self.cfg.train.log_every} it, smoothed)')
+        ax1.legend(fontsize=7)
         ev = [r for r in self.history if 'miou' in r]
         if ev: ax2.plot([r['iter'] for r in ev], [r['miou'] for r in ev], 'o-', label='val mIoU')
         pl = [r for r in ev if 'pl_acc' in r]
@@ -640,14 +713,16 @@ def recipe_config(name: str, method: Optional[str] = None, world: int = 1, **kw)
 # %% ../nbs/10_train.ipynb #dd63974f
 def mkd_train(   # no @call_parse: under `python -m`/torchrun it would parse sys.argv at import, before main() sees --nproc
 
-    method:str=None,           # sup, mt, cps, unimatch, mkd [the recipe's, else sup]
+    method:str=None,           # sup, mt, cps, unimatch, mkd, mgd [the recipe's, else sup]
     recipe:str=None,           # full-scale preset (RECIPES): voc-classic-r101, voc-blended-r101, cityscapes-r101, mkd-official, ...
     dataset:str=None,          # synthetic, camvid, voc, cityscapes, folder [synthetic]
     root:str=None,             # dataset folder
-    labeled:str=None,          # labeled part: 1/8, 0.125, 92 or all [1/8]
+    labeled:str=None,          # labeled part of the images with masks: 1/8, 0.125, 92 or all [folder: all, else 1/8]
     split_seed:int=None,       # seed that draws the labeled images [0]
     split_dir:str=None,        # folder with labeled.txt / unlabeled.txt instead of drawing
     num_classes:int=None,      # number of classes (folder datasets; checked against the data otherwise)
+    void:int=None,             # folder datasets: the mask value that means 'ignore' (read as 255)
+    unlabeled_dir:str=None,    # another folder of images without masks (searched recursively), added to the unlabeled pool
     arch:str=None,             # deeplabv3plus or unet [deeplabv3plus]
     encoder:str=None,          # smp encoder name (resnet18/50/101, mobilenet_v2, tu-...) [resnet18]
     encoder_weights:str=None,  # imagenet (download) or a local weights file [random init]
@@ -674,7 +749,9 @@ def mkd_train(   # no @call_parse: under `python -m`/torchrun it would parse sys
     nproc:int=1,               # processes on this machine (command line: re-runs itself through torchrun)
 ):
     "Train a segmentation network with a (semi-)supervised method; writes everything into --out."
+    if labeled is None and dataset == 'folder': labeled = 'all'   # a folder: every image with a mask is labeled
     kw = dict(dataset=dataset, root=root, labeled=labeled, split_seed=split_seed, split_dir=split_dir, num_classes=num_classes,
+              void=void, unlabeled_dir=unlabeled_dir,
               arch=arch, encoder=encoder, encoder_weights=encoder_weights, crop=crop, batch_size=batch_size,
               unlabeled_batch_size=unlabeled_batch_size, iters=iters, eval_every=eval_every, lr=lr,
               optimizer=optimizer, workers=workers, device=device, amp=amp, channels_last=channels_last or None, threads=threads,

@@ -62,20 +62,21 @@ def test_broken_files_named_by_build_data(tmp_path):
     raw = (root / 'images' / 'im1.png').read_bytes()
     (root / 'images' / 'im1.png').write_bytes(raw[:len(raw) // 2])                 # truncated image
     (root / 'images' / 'im2.png').write_text('this is not an image\n')             # not an image at all
-    (root / 'masks' / 'im3.png').unlink()                                          # missing mask
+    (root / 'masks' / 'im3.png').unlink()                                          # no mask: unlabeled
     _png(root / 'masks' / 'im4.png', np.zeros((20, 24), np.uint8))                 # size mismatch
     _png(root / 'masks' / 'im5.png', np.full((24, 24), 7, np.uint8))               # label 7 with 3 classes
     with pytest.raises(DataError) as ex: build_data(_fcfg(root, tmp_path))
     msg = str(ex.value)
     assert 'pass --skip-bad' in msg
-    for f, what in (('images/im1.png', 'truncated'), ('images/im2.png', 'unreadable'), ('masks/im3.png', 'missing mask'),
+    for f, what in (('images/im1.png', 'truncated'), ('images/im2.png', 'unreadable'),
                     ('masks/im4.png', 'size mismatch: mask is 24x20 but image images/im4.png is 24x24'),
                     ('masks/im5.png', 'label values [7] outside [0, 3)')):
         assert re.search(re.escape(f) + '.*' + re.escape(what), msg), (f, what, msg)
-    for good in ('im0.png', 'im6.png', 'im7.png'): assert good not in msg
+    for good in ('im0.png', 'im3.png', 'im6.png', 'im7.png'): assert good not in msg
     # --skip-bad trains on the rest and says which files it left out
     d = build_data(_fcfg(root, tmp_path, skip_bad=True))
-    assert sorted(d['lab_ids'] + d['unl_ids']) == ['images/im0.png', 'images/im6.png', 'images/im7.png']
+    assert sorted(d['lab_ids'] + d['unl_ids']) == ['images/im0.png', 'images/im3.png', 'images/im6.png', 'images/im7.png']
+    assert 'images/im3.png' in d['unl_ids']                                        # the image without a mask
 
 
 def test_mkd_data_check_in_process(tmp_path, capsys):
@@ -328,7 +329,7 @@ def test_bad_config_refused_before_work(argv, field, tmp_path, monkeypatch, caps
 @pytest.mark.parametrize('argv,field', [
     (['--num-classes', '5'], 'data.num_classes'),                       # synthetic data has 6
     (['--method', 'mkd', '--labeled', 'all'], 'data.labeled'),          # nothing left to be unlabeled
-    (['--set', 'unlabeled_dir=/somewhere'], 'data.unlabeled_dir'),      # not implemented: refused, not ignored
+    (['--set', 'unlabeled_dir=/somewhere'], 'data.unlabeled_dir'),      # synthetic scenes have no files to add to
     (['--encoder', 'resnet9999'], 'model.encoder'),
 ])
 def test_config_data_contradictions_refused_before_training(argv, field, tmp_path, monkeypatch, capsys):

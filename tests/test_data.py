@@ -211,13 +211,14 @@ def test_cli_check_bad_folder(tmp_path):
     root = _folder_ds(tmp_path / 'bad', n=6)
     raw = (root / 'images' / 'img1.png').read_bytes()
     (root / 'images' / 'img1.png').write_bytes(raw[:len(raw) // 2])          # truncated image
-    (root / 'masks' / 'img2.png').unlink()                                     # missing mask
+    (root / 'masks' / 'img2.png').unlink()                                     # no mask: unlabeled, not an error
     _png(root / 'masks' / 'img3.png', np.zeros((10, 16), np.uint8))            # size mismatch
     _png(root / 'masks' / 'img4.png', np.full((12, 16), 9, np.uint8))          # label 9 with 3 classes
     r = _run_cli('check', '--dataset', 'folder', '--root', root, '--num-classes', 3)
     assert r.returncode == 1, r.stdout + r.stderr
     lines = r.stdout.splitlines()
-    for name, what in (('img1.png', 'truncated'), ('img2.png', 'missing mask'), ('img3.png', 'size mismatch'),
+    assert '5 images with masks, 1 without (unlabeled)' in r.stdout and 'ERROR images/img2.png' not in r.stdout
+    for name, what in (('img1.png', 'truncated'), ('img3.png', 'size mismatch'),
                        ('img4.png', '[9] outside [0, 3)')):
         assert any(name in l and what in l for l in lines), (name, r.stdout)
     assert 'img0.png' not in r.stdout and 'img5.png' not in r.stdout           # good files are not blamed
