@@ -216,7 +216,7 @@ def cutmix_masks(n: int, h: int, w: int, variant: str = 'mkd', generator: Option
 # %% ../nbs/02_augment.ipynb #22da0c2a
 def cutmix_figure(n: int = 6, h: int = 48, w: int = 64, seed: int = 0):
     "A matplotlib `Figure`: one row of masks per CutMix variant (white = taken from the partner) and the partner's share."
-    from matplotlib.figure import Figure
+    from mkd_nb.core import NotebookFigure as Figure
     g = torch.Generator().manual_seed(seed)
     fig = Figure(figsize=(1.25 * n, 0.95 * len(CUTMIX_VARIANTS) + 0.3))
     axs = fig.subplots(len(CUTMIX_VARIANTS), n, squeeze=False)

@@ -265,7 +265,7 @@ _CODE_CPS = dict(_MKD, lambda_cps=1.0)
 PROTOCOLS = {
     'camvid-cpu': dict(
         doc='CamVid 240x180 on a 2-core CPU: DeepLabV3+ ResNet-18 (decoder 128) from scratch, crop 96, batch 8+8, 1000 iterations',
-        root_env='MKD_CAMVID', default_root='../shared/data/camvid-240x180', cfg=_CAMVID_CPU, image_size=(180, 240), num_classes=11,
+        root_env='MKD_CAMVID', default_root=None, cfg=_CAMVID_CPU, image_size=(180, 240), num_classes=11,
         parts=('1/32', '1/16', '1/8'), seeds=(0, 1, 2), headline='1/16',
         rows=[
             _row('sup', 'sup', ('main', 'labels'), parts=('1/32', '1/16', '1/8', 'all')),
@@ -417,7 +417,7 @@ def protocol_root(protocol: str, root: Optional[str] = None) -> Optional[str]:
     p = PROTOCOLS[protocol]
     if p['root_env'] is None: return root
     root = root or os.environ.get(p['root_env']) or p['default_root']
-    if not Path(root).is_dir():
+    if not root or not Path(root).is_dir():
         raise ConfigError('root', f"protocol {protocol} needs its data at {root} (not found): pass --root or set {p['root_env']}")
     return str(Path(root).resolve())
 

@@ -8,9 +8,7 @@ import json, sys, time
 from pathlib import Path
 from typing import Optional
 
-from matplotlib.figure import Figure
-
-from .core import make_config
+from .core import make_config, NotebookFigure
 from .train import Trainer
 
 # %% auto #0
@@ -26,18 +24,10 @@ def _rows(run) -> list:
     f = Path(run) / 'metrics.jsonl'
     return [json.loads(l) for l in f.read_text().splitlines() if l.strip()] if f.is_file() else []
 
-class _Figure(Figure):
-    "A matplotlib figure that shows itself as a PNG wherever the notebook is opened (no pyplot backend needed)."
-    def _repr_png_(self) -> bytes:
-        import io
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        buf = io.BytesIO(); FigureCanvasAgg(self).print_png(buf)
-        return buf.getvalue()
-
-def compare_curves(runs: dict) -> Figure:
+def compare_curves(runs: dict) -> NotebookFigure:
     "Validation mIoU and supervised loss against iterations for several run folders (`{label: folder}`), on shared axes."
     from mkd_nb.train import smooth
-    fig = _Figure(figsize=(10, 3.5))
+    fig = NotebookFigure(figsize=(10, 3.5))
     ax1, ax2 = fig.subplots(1, 2)
     for i, (label, run) in enumerate(runs.items()):
         rows = _rows(run)

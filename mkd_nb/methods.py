@@ -330,7 +330,7 @@ def build_method(cfg: Config, num_classes: int) -> Method:
 # %% ../nbs/08_methods.ipynb #d1988047
 def show_step(method: Method, lab: dict, unl: dict, out: dict | None = None, n: int = 2, palette=None):
     "A figure of one step: weak view, strong mixed view, pseudo-labels on it, and the kept-pixel mask."
-    from matplotlib.figure import Figure
+    from mkd_nb.core import NotebookFigure as Figure
     from mkd_nb.augment import denormalize
     from mkd_nb.data import colorize, _bit_palette
     if out is None:

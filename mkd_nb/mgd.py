@@ -154,7 +154,7 @@ register_method(MGD)
 # %% ../nbs/08a_mgd.ipynb #ef71283e
 def mgd_figures(method: MGD, lab: dict, unl: dict, i: int = 0, palette=None) -> dict:
     "Figures (matplotlib `Figure`s) of one MGD step for unlabeled image `i`: 'mix', 'image', 'region', 'pixel'."
-    from matplotlib.figure import Figure
+    from mkd_nb.core import NotebookFigure as Figure
     from mkd_nb.augment import denormalize
     from mkd_nb.data import colorize, _bit_palette
     pal = palette or _bit_palette(method.num_classes)

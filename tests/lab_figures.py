@@ -7,7 +7,7 @@ For each notebook it prints one line, `NOTEBOOK: N images, M '<Figure' texts, T 
 image/png outputs and M the output texts holding `<Figure size` (a figure Jupyter could not draw), and saves into
 tests/_artifacts/ (git-ignored) `NAME_lab_full.png` (the whole notebook) and `NAME_lab_figures.png` (the screen at the
 first figure). The kernel's environment is the one `make lab` gives: MPLBACKEND unset (`--mplbackend Agg` sets it, to
-show what a non-interactive backend hides), HF_HUB_OFFLINE=1, MKD_CAMVID when set or when ../shared holds the copy,
+show what a non-interactive backend hides), HF_HUB_OFFLINE=1, MKD_CAMVID when set or when the CI data copy is beside the repo,
 this checkout first on PYTHONPATH; OMP_NUM_THREADS=1 unless `--threads` says otherwise (0: leave it alone). Autosave is
 off: the notebook file is never written. One JupyterLab server and one browser per notebook, one notebook at a time.
 Exit status 1 when a notebook has an error, a '<Figure' text, a cell left unrun, fewer images than it declares
