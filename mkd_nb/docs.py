@@ -29,8 +29,8 @@ FIGURE_TEXT = re.compile(r'^<\w*Figure size \d+(\.\d+)?x\d+(\.\d+)? with \d+ Axe
 
 # %% auto #0
 __all__ = ['MAX_BYTES', 'MATHJAX_CONFIG', 'MATHJAX_FONTS', 'MIN_IMAGES', 'FIGURE_TEXT', 'repo_root', 'test_flags', 'directives',
-           'is_flagged', 'clean', 'execute_notebook', 'figure_report', 'mathjax_dir', 'copy_mathjax', 'build_site',
-           'all_notebooks', 'main']
+           'is_flagged', 'clean', 'drop_figure_text', 'execute_notebook', 'figure_report', 'mathjax_dir',
+           'copy_mathjax', 'build_site', 'all_notebooks', 'main']
 
 # %% ../nbs/15_docs.ipynb #33821506
 def test_flags() -> tuple:
@@ -63,6 +63,16 @@ def clean(path):
     from nbdev.clean import nbdev_clean
     nbdev_clean(fname=str(path))
 
+def drop_figure_text(nb):
+    "Drop the `<Figure …>` text that travels beside a figure's PNG: the saved file keeps the picture alone."
+    for c in nb.cells:
+        for o in c.get('outputs', []):
+            data = o.get('data', {})
+            text = data.get('text/plain', '')
+            text = ''.join(text) if isinstance(text, list) else text
+            if any(k.startswith('image/') for k in data) and FIGURE_TEXT.match(text.strip()): del data['text/plain']
+    return nb
+
 def execute_notebook(path, out=None, timeout: int = 1800, cwd=None):
     "Run notebook `path` in a fresh python3 kernel (flagged cells skipped); save it with its outputs (to `out`)."
     import nbformat
@@ -80,6 +90,7 @@ def execute_notebook(path, out=None, timeout: int = 1800, cwd=None):
                        resources={'metadata': {'path': str(cwd or path.parent)}}).execute()
     finally:
         if env_backend is not None: os.environ['MPLBACKEND'] = env_backend
+    drop_figure_text(nb)
     nbformat.write(nb, out)
     clean(out)
     return out
