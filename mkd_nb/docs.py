@@ -20,8 +20,8 @@ MATHJAX_FONTS = ('<script type="text/x-mathjax-config">MathJax.Hub.Config({"HTML
 # The images each executed notebook must show at least (checked by `make docs` and tests/test_docs.py): a figure that
 # stops rendering, or comes out as `<Figure ...>` text, fails the build. Raise a count when a notebook gains a figure.
 MIN_IMAGES = {
-    'index.ipynb': 2, '00_core.ipynb': 1, '01_data.ipynb': 1, '02_augment.ipynb': 2, '03_loader.ipynb': 1,
-    '04_models.ipynb': 0, '05_ema.ipynb': 1, '06_feature_aug.ipynb': 3, '07_losses.ipynb': 0, '08_methods.ipynb': 1,
+    'index.ipynb': 2, '00_core.ipynb': 1, '01_data.ipynb': 2, '02_augment.ipynb': 2, '03_loader.ipynb': 1,
+    '04_models.ipynb': 0, '05_ema.ipynb': 1, '06_feature_aug.ipynb': 3, '07_losses.ipynb': 2, '08_methods.ipynb': 1,
     '08a_mgd.ipynb': 4, '09_evaluate.ipynb': 1, '10_train.ipynb': 0, '11_viewer.ipynb': 2, '12_bench.ipynb': 1,
     '13_ablations.ipynb': 7, '09a_export.ipynb': 0, '11a_demo.ipynb': 1, '14_gpu_check.ipynb': 0, '15_docs.ipynb': 0,
 }
