@@ -34,7 +34,8 @@ def _protocol_file(protocol: str) -> Path:
         return Path(protocol)
     f = PROTOCOL_DIR / f'{protocol}.toml'
     if not f.is_file():
-        raise ConfigError('protocol', f"unknown protocol {protocol!r}; valid: {', '.join(protocol_names())} (or a path to a .toml file)")
+        raise ConfigError('protocol', f"unknown protocol {protocol!r}; valid: {', '.join(protocol_names())} "
+                                      "(or a path to a .toml file)")
     return f
 
 def _check_fields(where: str, got: dict, fields: dict, required=()):
@@ -61,7 +62,7 @@ def _check_rows_named(f, p: dict):
         if row not in names: raise ConfigError('protocol', f"{f}: {where} names {row!r}, which is not a row of the protocol")
 
 def load_protocol(protocol) -> dict:
-    "Protocol `protocol` (a shipped name, a `.toml` path, or an already loaded dict) as a dict; each row with all its fields."
+    "Protocol `protocol` (a shipped name, a `.toml` path, or a loaded dict) as a dict; each row with all its fields."
     if isinstance(protocol, dict): return protocol
     f = _protocol_file(protocol)
     try: p = tomllib.loads(f.read_text())
@@ -85,7 +86,8 @@ def cell_name(row: str, part: str, seed: int) -> str:
     return f"{slug(row)}__{slug(part)}__s{seed}"
 
 def protocol_cells(protocol) -> list:
-    "Every cell of `protocol` (a name, a `.toml` path or a loaded dict), seed-major (all seed-0 cells first), so a partial table has whole seeds."
+    """Every cell of `protocol` (a name, a `.toml` path or a loaded dict), seed-major (all seed-0 cells first), so that a
+    partial table has whole seeds."""
     p, cells = load_protocol(protocol), []
     for seed in p['seeds']:
         for r in p['rows']:
@@ -98,7 +100,8 @@ def protocol_cells(protocol) -> list:
     for c in cells:   # a cell may only need cells of the same protocol that come before it (so seed-major order runs them first)
         for f, dep in c['needs'].items():
             if dep not in names[:names.index(c['name'])]:
-                raise ConfigError('protocol', f"{p['name']}: cell {c['name']} needs {dep} for {f}, which is not an earlier cell of the protocol")
+                raise ConfigError('protocol', f"{p['name']}: cell {c['name']} needs {dep} for {f}, "
+                                              "which is not an earlier cell of the protocol")
     return cells
 
 # %% ../nbs/12_runner.ipynb #df257f49
