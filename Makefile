@@ -54,7 +54,7 @@ test-slow: install
 # The camvid-cpu benchmark: runs (or resumes) every unfinished cell, then rewrites results/camvid-cpu/ and RESULTS.md.
 # Hours on a 2-core CPU; interrupt at will, run again to continue. `results-table` only re-renders from the finished runs.
 results: install
-	MKD_RUN_TABLE=1 $(BIN)/nbdev_test --path nbs/13_ablations.ipynb --flags results --timing
+	MKD_RUN_TABLE=1 $(BIN)/nbdev_test --path nbs/12a_report.ipynb --flags results --timing
 
 results-table: install
 	$(BIN)/mkd-bench table --protocol camvid-cpu --out results/camvid-cpu --results-md RESULTS.md --render-only
@@ -64,7 +64,7 @@ lab: install
 
 # Executes every notebook on CPU (cells flagged slow/cuda/results are skipped), saves the outputs into nbs/*.ipynb
 # (then nbdev_clean: outputs kept, metadata stripped) and builds the offline HTML site in _docs/ (MathJax bundled).
-# `make docs NBS="nbs/00_core.ipynb nbs/13_ablations.ipynb"` does a few; `make docs-site` only rebuilds the HTML.
+# `make docs NBS="nbs/00_core.ipynb nbs/12a_report.ipynb"` does a few; `make docs-site` only rebuilds the HTML.
 docs: install
 	env -u MPLBACKEND $(BIN)/python -m mkd_nb.docs --execute $(NBS)
 

@@ -21,6 +21,7 @@ setuptools.setup(
                  'Topic :: Scientific/Engineering :: Artificial Intelligence'],
     packages=setuptools.find_packages(include=['mkd_nb', 'mkd_nb.*']),
     include_package_data=True,
+    package_data={'mkd_nb': ['protocols/*.toml']},   # the benchmark protocols (mkd_nb/protocols/, read by mkd_nb.runner)
     python_requires=f">={cfg['min_python']}",
     install_requires=cfg['requirements'].split(),
     extras_require={'dev': cfg['dev_requirements'].split(), 'export': cfg.get('export_requirements', '').split()},

@@ -432,11 +432,11 @@ def cpu_drawn_boxes():
 def camvid_run(method: str, ctx: Context, root, device: str, amp: str, iters: int, net: Optional[dict], workers: int,
                comparable: bool) -> dict:
     "The first `iters` iterations of the camvid-cpu protocol's `method` row; `comparable`: no dropout, CPU boxes, no TF32."
-    from mkd_nb.bench import PROTOCOLS
+    from mkd_nb.runner import load_protocol
     from mkd_nb.train import Trainer
-    p = PROTOCOLS['camvid-cpu']
+    p = load_protocol('camvid-cpu')
     row = next(r for r in p['rows'] if r['name'] == method)
-    kw = {k: v for k, v in p['cfg'].items() if k not in ('iters', 'eval_every', 'log_every', 'workers', 'device')}
+    kw = {k: v for k, v in p['config'].items() if k not in ('iters', 'eval_every', 'log_every', 'workers', 'device')}
     kw.update(row['overrides'], **(net or {}), root=str(root), labeled='1/4', eval_every=iters, log_every=1,
               workers=workers, device=device, amp=amp, out=str(ctx.tmp / f'camvid-{method}-{device}-{amp}-{iters}'))
     same = contextlib.nullcontext
