@@ -98,7 +98,7 @@ _DATA_SUBCOMMANDS = {'check': mkd_data_check, 'split': mkd_data_split}
 
 @command('data')
 def main_data(argv=None) -> int:
-    "Check a dataset (every file read, every problem named) or draw a labeled/unlabeled split: `mkd-data {check,split}`."
+    "`mkd-data check|split`: check every file of a dataset, or draw a labeled/unlabeled split."
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in _DATA_SUBCOMMANDS:
         asked = argv[:1] in (['-h'], ['--help'])
@@ -201,7 +201,7 @@ def mkd_eval(ckpt: str = None,          # checkpoint file (a run's best.pt or la
 
 @command('eval')
 def main_eval(argv=None) -> int:
-    "Evaluate a checkpoint (mIoU, per-class IoU, predictions, gallery): `mkd-eval --ckpt RUN/best.pt`."
+    "`mkd-eval --ckpt RUN/best.pt`: mIoU and per-class IoU of a checkpoint, its predictions, a gallery."
     try: mkd_eval(**cli_parse(cli_parser(mkd_eval, prog='mkd-eval'), sys.argv[1:] if argv is None else argv))
     except (ValueError, FileNotFoundError) as e:  # ConfigError, CheckpointError, DataError are ValueErrors
         print(f"mkd-eval: error: {e}", file=sys.stderr); return 2
