@@ -24,7 +24,7 @@ $(STAMP): settings.ini setup.py
 
 install: $(STAMP)
 
-# MKD beside the supervised baseline on 32 labeled + 224 unlabeled synthetic scenes (mkd_nb/demo.py, nbs/14_demo.ipynb).
+# MKD beside the supervised baseline on 32 labeled + 224 unlabeled synthetic scenes (mkd_nb/demo.py, nbs/11a_demo.ipynb).
 demo: install
 	$(BIN)/python -m mkd_nb.demo outputs/demo
 

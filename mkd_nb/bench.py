@@ -182,8 +182,7 @@ def bench_pair(method: str, rows: list, protocol: Optional[str], steps: int, kw:
 # %% ../nbs/12b_bench.ipynb #efc72a02
 def bench_loader(cfg: Config, steps: int = 20, warmup: int = 3) -> dict:
     "Samples per second delivered by `SemiLoader` for `cfg` (labeled + unlabeled)."
-    from mkd_nb.train import build_data
-    from mkd_nb.loader import SemiLoader
+    from mkd_nb.loader import SemiLoader, build_data
     data = build_data(cfg)
     ld = SemiLoader(data['labeled'], data['unlabeled'], cfg.data, seed=0)
     for _ in range(warmup): next(ld)

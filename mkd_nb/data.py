@@ -13,9 +13,8 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
-from fastcore.script import call_parse, Param, anno_parser, store_true
 
-from .core import IGNORE_INDEX, ConfigError, DATASETS, labeled_count, cli_parser, cli_parse
+from .core import IGNORE_INDEX, ConfigError, DATASETS, labeled_count
 
 # %% auto #0
 __all__ = ['CAMVID_INFO', 'VOC_INFO', 'CITYSCAPES_INFO', 'CITYSCAPES_LABEL_MAP', 'SYNTHETIC_INFO', 'IMAGE_EXTS', 'CAMVID_URL',
@@ -23,7 +22,7 @@ __all__ = ['CAMVID_INFO', 'VOC_INFO', 'CITYSCAPES_INFO', 'CITYSCAPES_LABEL_MAP',
            'SyntheticScenes', 'colorize', 'show_samples', 'camvid', 'voc', 'cityscapes', 'folder', 'unlabeled_folder',
            'with_unlabeled', 'unlabeled_ids', 'folder_has_split', 'hold_out', 'get_dataset', 'verify_camvid',
            'download_camvid', 'make_split', 'write_split', 'read_split', 'split_checksum', 'save_splits', 'load_splits',
-           'DatasetReport', 'check_dataset', 'drop_bad', 'mkd_data_check', 'mkd_data_split', 'mkd_data', 'main']
+           'DatasetReport', 'check_dataset', 'drop_bad']
 
 # %% ../nbs/01_data.ipynb #8e66a1e2
 @dataclass
@@ -868,70 +867,3 @@ def drop_bad(ds, report: DatasetReport):
     report.skipped = [ds.ids[i] for i in sorted(bad)]
     if getattr(ds, 'pairs', None) is None: return ds.subset([k for i, k in enumerate(ds.ids) if i not in bad])
     return ds.with_pairs([p for i, p in enumerate(ds.pairs) if i not in bad])
-
-# %% ../nbs/01_data.ipynb #166fa5c6
-def _cli_dataset(dataset, root, split, num_classes, void, unlabeled_dir, aug):
-    "The dataset the `mkd-data` options name."
-    if void is not None and dataset != 'folder':
-        raise ConfigError('data.void', f"{dataset} has its own void value; --void is for folder datasets")
-    kw = {'aug': aug} if dataset == 'voc' else {'void': void} if dataset == 'folder' else {}
-    ds = get_dataset(dataset, root, split, num_classes, **kw)
-    return with_unlabeled(ds, unlabeled_dir) if unlabeled_dir else ds
-
-@call_parse
-def mkd_data_check(dataset: Param("dataset kind", str, choices=DATASETS) = 'folder',
-                   root: Param("dataset folder", str) = None,
-                   num_classes: Param("number of classes (needed for folder datasets)", int) = None,
-                   split: Param("split name (train, val, test) or a split file", str) = 'train',
-                   void: Param("folder datasets: the mask value that means 'ignore' (becomes 255)", int) = None,
-                   unlabeled_dir: Param("another folder of images without masks (searched recursively)", str) = None,
-                   aug: Param("VOC: masks from SegmentationClassAug", store_true) = False):
-    "Check every image and mask of a dataset split and print the report; exit status 0 only when clean."
-    try:
-        ds = _cli_dataset(dataset, root, split, num_classes, void, unlabeled_dir, aug)
-        rep = check_dataset(ds, num_classes)
-    except (DataError, ConfigError) as e:
-        print(f"mkd-data check: {e}", file=sys.stderr); return 1
-    print(rep)
-    return 0 if rep.ok else 1
-
-@call_parse
-def mkd_data_split(dataset: Param("dataset kind", str, choices=DATASETS) = 'folder',
-                   root: Param("dataset folder", str) = None,
-                   labeled: Param("labeled amount: 1/8, 0.125, 92 or all", str) = '1/8',
-                   seed: Param("split seed", int) = 0,
-                   out: Param("output folder for labeled.txt, unlabeled.txt, split.json", str) = 'splits',
-                   split: Param("split to divide (name or split file)", str) = 'train',
-                   num_classes: Param("number of classes (needed for folder datasets)", int) = None,
-                   unlabeled_dir: Param("another folder of images without masks (searched recursively)", str) = None,
-                   aug: Param("VOC: masks from SegmentationClassAug", store_true) = False):
-    "Draw a labeled/unlabeled split with a seed (among the images with masks) and write it to `out`."
-    try:
-        ds = _cli_dataset(dataset, root, split, num_classes, None, unlabeled_dir, aug)
-        no_mask = unlabeled_ids(ds)
-        lab, unl = make_split([k for k in ds.ids if k not in set(no_mask)], labeled, seed)
-        unl += no_mask
-        info = save_splits(out, ds, lab, unl, dict(labeled=str(labeled), seed=seed, split=str(split)))
-    except (DataError, ConfigError, ValueError) as e:
-        print(f"mkd-data split: {e}", file=sys.stderr); return 1
-    print(f"{info['n_labeled']} labeled + {info['n_unlabeled']} unlabeled of {len(ds)} ({dataset}, {labeled}, seed {seed}) "
-          f"-> {out}/labeled.txt, unlabeled.txt, split.json")
-    return 0
-
-_SUBCOMMANDS = {'check': mkd_data_check, 'split': mkd_data_split}
-
-def mkd_data(argv=None) -> int:
-    "`mkd-data check ...` / `mkd-data split ...`: dispatch to the sub-command; returns the exit status."
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in _SUBCOMMANDS:
-        print("usage: mkd-data {check,split} [options]   (mkd-data check -h for the options)\n"
-              "  check  read every file of a dataset split and report problems (exit 0 only when clean)\n"
-              "  split  draw a labeled/unlabeled split with a seed and write it to a folder",
-              file=sys.stdout if argv[:1] in (['-h'], ['--help']) else sys.stderr)
-        return 0 if argv[:1] in (['-h'], ['--help']) else 2
-    f = _SUBCOMMANDS[argv[0]]
-    return f(**cli_parse(cli_parser(f.__wrapped__, prog=f'mkd-data {argv[0]}'), argv[1:]))
-
-def main() -> int:
-    "Console-script entry point (`mkd-data`): `mkd_data` on `sys.argv`."
-    return mkd_data()

@@ -61,8 +61,11 @@ def run_demo(out='outputs/demo', tau_shown: float = 0.95, **overrides) -> dict:
     print('\n'.join(lines), flush=True)
     return dict(res, summary='\n'.join(lines), curves=curves, gallery=gallery)
 
-def main():
+def main(argv=None):
     "`python -m mkd_nb.demo [OUT]`: what `make demo` runs."
-    run_demo(sys.argv[1] if len(sys.argv) > 1 else 'outputs/demo')
+    import argparse
+    ap = argparse.ArgumentParser(prog='python -m mkd_nb.demo', description=main.__doc__)
+    ap.add_argument('out', nargs='?', default='outputs/demo', help='folder for both runs and the figures [outputs/demo]')
+    run_demo(ap.parse_args(argv).out)
 
 if __name__ == '__main__' and '__file__' in globals(): main()

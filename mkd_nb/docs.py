@@ -24,7 +24,7 @@ MIN_IMAGES = {
     '04_models.ipynb': 0, '05_ema.ipynb': 1, '06_feature_aug.ipynb': 3, '07_losses.ipynb': 2, '08_methods.ipynb': 1,
     '08a_mgd.ipynb': 4, '09_evaluate.ipynb': 1, '10_train.ipynb': 0, '11_viewer.ipynb': 2, '12_runner.ipynb': 0,
     '12a_report.ipynb': 7, '12b_bench.ipynb': 0, '09a_export.ipynb': 0, '11a_demo.ipynb': 1, '14_gpu_check.ipynb': 0,
-    '15_docs.ipynb': 0,
+    '15_docs.ipynb': 0, '16_cli.ipynb': 1,
 }
 FIGURE_TEXT = re.compile(r'^<\w*Figure size \d+(\.\d+)?x\d+(\.\d+)? with \d+ Axes>')
 

@@ -19,90 +19,17 @@ import mkd_nb
 from .core import *
 from .data import (get_dataset, SyntheticScenes, make_split, read_split, save_splits, split_checksum, check_dataset,
                          drop_bad, DataError, write_split, with_unlabeled, unlabeled_ids, folder_has_split, hold_out)
-from .loader import SemiLoader
+from .loader import SemiLoader, build_data
 from .models import save_checkpoint, load_checkpoint, Ensemble, CKPT_FORMAT, CheckpointError
 from .methods import build_method, Method
 import mkd_nb.mgd  # registers the 'mgd' method
 from .evaluate import evaluate, ConfusionMatrix
 
 # %% auto #0
-__all__ = ['RUN_FREE_FIELDS', 'RECIPES', 'build_data', 'effective_lr', 'lr_at', 'param_groups', 'amp_dtype', 'TrainingError',
+__all__ = ['RUN_FREE_FIELDS', 'RECIPES', 'effective_lr', 'lr_at', 'param_groups', 'amp_dtype', 'TrainingError',
            'check_output_dir', 'check_finite', 'rng_state', 'set_rng_state', 'dist_env', 'init_distributed',
            'cleanup_distributed', 'all_average', 'sync_grads', 'fault_point', 'config_diff', 'smooth', 'Trainer',
            'parse_overrides', 'recipe_config', 'mkd_train', 'launch_command', 'main']
-
-# %% ../nbs/10_train.ipynb #975eda92
-def _val_held_out(d: DataConfig, train, say) -> tuple:
-    "(val, train, val_ids) for a folder without a val split: images with masks held out with the split seed (or read back)."
-    pool = [k for k in train.ids if k not in set(unlabeled_ids(train))]
-    back = Path(d.split_dir) / 'val.txt' if d.split_dir else None
-    if back is not None and back.is_file(): val_ids = read_split(back, train)
-    else:
-        if len(pool) < 2: raise DataError(d.root, f"only {len(pool)} image(s) with a mask: too few to hold some out for validation "
-                                                  "(add masks, or a val/images + val/masks folder)")
-        val_ids = hold_out(pool, seed=d.split_seed)[0]
-        say(f"no {d.val_split!r} split in {d.root}: holding out {len(val_ids)} of the {len(pool)} images with masks for "
-            f"validation (split seed {d.split_seed}); the run writes them to splits/val.txt")
-    held = set(val_ids)
-    return train.subset(val_ids), train.with_pairs([p for k, p in zip(train.ids, train.pairs) if k not in held]), val_ids
-
-def build_data(cfg: Config, log=None) -> dict:
-    "Datasets (train, labeled, unlabeled, val), the split and its checksum for `cfg`."
-    d = cfg.data
-    say = log.info if log else print
-    val_ids = []
-    if d.dataset == 'synthetic':
-        for k in ('unlabeled_dir', 'void'):
-            if getattr(d, k) is not None: raise ConfigError(f'data.{k}', "is for datasets read from files, not the synthetic scenes")
-        train = SyntheticScenes(d.synthetic_train, size=d.synthetic_size, seed=0, split='train')
-        val = SyntheticScenes(d.synthetic_val, size=d.synthetic_size, seed=0, split='val')
-    else:
-        if d.void is not None and d.dataset != 'folder':
-            raise ConfigError('data.void', f"{d.dataset} has its own void value; --void is for folder datasets")
-        kw = {'void': d.void} if d.dataset == 'folder' else {}
-        aug = {'aug': True} if d.dataset == 'voc' and d.train_split == 'train_aug' else {}   # the 10 582-image set has SegmentationClassAug masks
-        train = get_dataset(d.dataset, d.root, d.train_split, num_classes=d.num_classes, **aug, **kw)
-        if d.unlabeled_dir: train = with_unlabeled(train, d.unlabeled_dir)
-        hold = d.dataset == 'folder' and not folder_has_split(d.root, d.val_split)
-        val = None if hold else get_dataset(d.dataset, d.root, d.val_split, num_classes=d.num_classes, **kw)
-        for name, ds in (('train', train), ('val', val)):
-            if ds is None: continue
-            rep = check_dataset(ds, ds.num_classes)
-            if not rep.ok:
-                if not d.skip_bad:
-                    raise DataError(getattr(ds, 'root', d.root), f"the {name} split has problems (pass --skip-bad to train without those files):\n{rep}")
-                say(f"skipping {len(rep.bad_ids)} bad {name} files: {', '.join(map(str, rep.bad_ids))}")
-                ds = drop_bad(ds, rep)
-                if name == 'train': train = ds
-                else: val = ds
-        if hold: val, train, val_ids = _val_held_out(d, train, say)
-    C = train.num_classes
-    if d.num_classes is not None and d.num_classes != C:
-        raise ConfigError('data.num_classes', f"the config says {d.num_classes} classes but the {d.dataset} data has {C}")
-    no_mask = unlabeled_ids(train)      # always unlabeled; the labeled images are drawn among the others
-    if d.split_dir:
-        lab_ids = read_split(Path(d.split_dir) / 'labeled.txt', train)
-        unl_path = Path(d.split_dir) / 'unlabeled.txt'
-        unl_ids = read_split(unl_path, train) if unl_path.exists() else [i for i in train.ids if i not in set(lab_ids)]
-        bare = set(lab_ids) & set(no_mask)
-        if bare: raise DataError(Path(d.split_dir) / 'labeled.txt', f"{len(bare)} labeled images have no mask, e.g. {sorted(bare)[0]}")
-    else:
-        pool = [k for k in train.ids if k not in set(no_mask)]
-        if not pool: raise DataError(d.root, "no image has a mask: nothing to learn from (masks/ pairs with images/ by file stem)")
-        lab_ids, unl_ids = make_split(pool, d.labeled, d.split_seed)
-        unl_ids += no_mask
-    if not lab_ids: raise DataError(d.split_dir or d.root, "the labeled split is empty")
-    overlap = set(lab_ids) & set(unl_ids)
-    if overlap: raise DataError(d.split_dir, f"{len(overlap)} images are both labeled and unlabeled, e.g. {sorted(overlap)[0]}")
-    if cfg.method.name != 'sup' and not unl_ids:
-        raise ConfigError('data.labeled', f"method {cfg.method.name} needs unlabeled images but the split leaves none "
-                                          f"({len(lab_ids)} of {len(train)} labeled): label fewer (--labeled 1/8), add images "
-                                          "without masks, or use --method sup")
-    labeled, unlabeled = train.subset(lab_ids), (train.subset(unl_ids) if unl_ids else None)
-    return dict(train=train, labeled=labeled, unlabeled=unlabeled, val=val, num_classes=C,
-                class_names=list(train.info.classes), lab_ids=lab_ids, unl_ids=unl_ids, val_ids=val_ids, n_no_mask=len(no_mask),
-                checksum=split_checksum(train, lab_ids + unl_ids) if not val_ids else
-                         split_checksum(train.with_pairs(train.pairs + val.pairs), lab_ids + unl_ids + val_ids))
 
 # %% ../nbs/10_train.ipynb #8236a858
 def effective_lr(t: TrainConfig, total_batch: int) -> float:

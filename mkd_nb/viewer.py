@@ -19,7 +19,7 @@ from fastcore.basics import patch
 from .core import *
 from .data import colorize, _bit_palette
 from .augment import normalize, StrongView, cutmix_masks
-from .loader import seed_of
+from .loader import seed_of, build_data
 from .models import load_checkpoint, eval_model_from_checkpoint
 from .methods import build_method, Method
 from .evaluate import ConfusionMatrix
@@ -85,7 +85,6 @@ class Source:
     def data(self) -> dict:
         "The run's datasets, built from the config on first use (only when some split is missing)."
         if not all(k in self._data for k in SPLITS) and self.cfg is not None and not self._data.get('_built'):
-            from mkd_nb.train import build_data
             built = build_data(self.cfg)
             self._data = {**built, **{k: v for k, v in self._data.items() if v is not None}, '_built': True}
         return self._data
@@ -553,7 +552,6 @@ def save_gallery(source, path, n: int = 8, split: str = 'val', network: Optional
 # %% ../nbs/11_viewer.ipynb #691d7490
 def demo_viewer(method: str = 'mkd', size: int = 48, n: int = 6, seed: int = 0, **kw) -> PseudoLabelViewer:
     "A viewer on an untrained `method` over `n` synthetic scenes of `size` pixels (for demos and tests)."
-    from mkd_nb.train import build_data
     cfg = make_config(method, encoder='mobilenet_v2', decoder_channels=16, synthetic_train=n, synthetic_val=max(2, n // 2),
                       synthetic_size=size, crop=32, labeled='1/2', seed=seed, workers=0)
     m = build_method(cfg, 6).eval()

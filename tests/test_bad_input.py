@@ -16,13 +16,14 @@ from PIL import Image
 import mkd_nb
 import mkd_nb.models as models_mod
 import mkd_nb.train as train_mod
-import mkd_nb.evaluate as eval_mod
+import mkd_nb.cli as cli
 from mkd_nb.core import ConfigError, make_config
-from mkd_nb.data import DataError, get_dataset, folder, read_split, write_split, check_dataset, mkd_data, save_splits, make_split
+from mkd_nb.data import DataError, get_dataset, folder, read_split, write_split, check_dataset, save_splits, make_split
 from mkd_nb.models import (CKPT_FORMAT, CheckpointError, build_model, eval_model_from_checkpoint, load_checkpoint,
                            load_encoder_weights, save_checkpoint)
 from mkd_nb.loader import SemiLoader
-from mkd_nb.train import Trainer, TrainingError, build_data
+from mkd_nb.loader import build_data
+from mkd_nb.train import Trainer, TrainingError
 
 REPO = Path(__file__).resolve().parents[1]
 PROPS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -49,9 +50,9 @@ def _fcfg(root, tmp, method='sup', **kw):
 
 
 def _main(monkeypatch, capsys, entry, argv):
-    "Run a console entry point in-process; returns (exit status, stderr)."
+    "Run a console entry point in-process as its console script does (`sys.exit(entry())`); returns (exit status, stderr)."
     monkeypatch.setattr(sys, 'argv', [entry.__module__, *map(str, argv)])
-    with pytest.raises(SystemExit) as ex: entry()
+    with pytest.raises(SystemExit) as ex: sys.exit(entry())
     return ex.value.code, capsys.readouterr().err
 
 
@@ -82,7 +83,7 @@ def test_broken_files_named_by_build_data(tmp_path):
 def test_mkd_data_check_in_process(tmp_path, capsys):
     root = _folder_data(tmp_path / 'data', n=3)
     _png(root / 'masks' / 'im1.png', np.full((24, 24), 200, np.uint8))
-    assert mkd_data(['check', '--dataset', 'folder', '--root', str(root), '--num-classes', '3']) == 1
+    assert cli.main_data(['check', '--dataset', 'folder', '--root', str(root), '--num-classes', '3']) == 1
     out = capsys.readouterr().out
     assert 'ERROR masks/im1.png: label values [200] outside [0, 3)' in out and 'im0.png' not in out.replace('im0.png:', '')
 
@@ -414,7 +415,7 @@ def test_crafted_pickle_does_not_execute(how, tmp_path, monkeypatch, capsys):
     if how == 'torch.save': torch.save(payload, evil)
     else: evil.write_bytes(pickle.dumps(payload, protocol=2))
     with pytest.raises(CheckpointError, match='evil.pt'): load_checkpoint(evil)
-    code, err = _main(monkeypatch, capsys, eval_mod.main, ['--ckpt', evil, '--quiet'])      # mkd-eval
+    code, err = _main(monkeypatch, capsys, cli.main_eval, ['--ckpt', evil, '--quiet'])      # mkd-eval
     assert code == 2 and 'evil.pt' in err and 'Traceback' not in err
     code, err = _main(monkeypatch, capsys, train_mod.main, ['--out', tmp_path / 'run', '--workers', '0', '--resume', evil,
                                                              '--set', 'synthetic_train=8,synthetic_val=2,synthetic_size=32'])
@@ -441,7 +442,7 @@ def test_foreign_checkpoints_clear_errors(ckpt, tmp_path, monkeypatch, capsys):
     cases.append((tmp_path / 'empty.pt', 'truncated or corrupt'))
     cases.append((tmp_path, 'is a folder, not a checkpoint file'))
     for f, want in cases:
-        code, err = _main(monkeypatch, capsys, eval_mod.main, ['--ckpt', f, '--quiet', '--device', 'cpu'])
+        code, err = _main(monkeypatch, capsys, cli.main_eval, ['--ckpt', f, '--quiet', '--device', 'cpu'])
         assert code == 2 and want in err and str(f) in err and 'Traceback' not in err, (f.name, err)
     f = _variant(tmp_path, p, 'classes.pt', num_classes=5)     # weights for 6 classes, the entry says 5
     with pytest.raises(CheckpointError, match=r'classes.pt: eval net 0 has 6 output classes but the checkpoint says num_classes=5'):
@@ -452,7 +453,7 @@ def test_checkpoint_class_count_vs_data(ckpt, tmp_path, monkeypatch, capsys):
     path, p = ckpt
     f = _variant(tmp_path, p, 'five.pt', num_classes=5, eval_nets=[
         build_model(make_config('sup', encoder='resnet18', decoder_channels=16).model, 5).state_dict()])
-    code, err = _main(monkeypatch, capsys, eval_mod.main, ['--ckpt', f, '--quiet', '--device', 'cpu'])
+    code, err = _main(monkeypatch, capsys, cli.main_eval, ['--ckpt', f, '--quiet', '--device', 'cpu'])
     assert code == 2 and 'config field `data.num_classes`: synthetic has 6 classes, not 5' in err, err
 
 

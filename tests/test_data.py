@@ -188,8 +188,7 @@ def test_split_files_roundtrip(camvid_root, tmp_path):
 # ---------------------------------------------------------------- the command line
 
 def _run_cli(*args):
-    exe = REPO / '.venv' / 'bin' / 'mkd-data'
-    cmd = [str(exe)] if exe.exists() else [sys.executable, '-c', 'import sys; from mkd_nb.data import mkd_data; sys.exit(mkd_data())']
+    cmd = [sys.executable, '-m', 'mkd_nb.cli', 'data']      # what the `mkd-data` console script runs
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get('PYTHONPATH', ''))
     return subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
 
@@ -240,11 +239,11 @@ def test_cli_check_clean_and_split(tmp_path):
 
 
 def test_cli_errors_in_process(tmp_path, capsys):
-    from mkd_nb.data import mkd_data
-    assert mkd_data(['check', '--dataset', 'folder', '--root', str(tmp_path / 'nowhere'), '--num-classes', '3']) == 1
+    from mkd_nb.cli import main_data
+    assert main_data(['check', '--dataset', 'folder', '--root', str(tmp_path / 'nowhere'), '--num-classes', '3']) == 1
     assert 'does not exist' in capsys.readouterr().err
-    assert mkd_data(['bogus']) == 2 and 'check' in capsys.readouterr().err
-    assert mkd_data(['split', '--dataset', 'camvid', '--root', str(tmp_path), '--labeled', '1/8']) == 1
+    assert main_data(['bogus']) == 2 and 'check' in capsys.readouterr().err
+    assert main_data(['split', '--dataset', 'camvid', '--root', str(tmp_path), '--labeled', '1/8']) == 1
     assert "no CamVid split 'train'" in capsys.readouterr().err
     with pytest.raises(SystemExit):   # argparse refuses an unknown dataset kind
-        mkd_data(['check', '--dataset', 'imagenet', '--root', str(tmp_path)])
+        main_data(['check', '--dataset', 'imagenet', '--root', str(tmp_path)])

@@ -1,5 +1,5 @@
 """End-to-end test of the `mkd-eval` command: a checkpoint of a random SegNet on the synthetic dataset, evaluated in a subprocess."""
-import atexit, json, os, shutil, subprocess, sys, tempfile
+import json, os, subprocess, sys
 from pathlib import Path
 
 import pytest
@@ -14,18 +14,14 @@ from mkd_nb.augment import normalize
 import mkd_nb
 
 N_VAL, SIZE = 3, 40
-_SCRIPT_DIR = Path(tempfile.mkdtemp(prefix='mkd_eval_test_'))
-atexit.register(shutil.rmtree, _SCRIPT_DIR, True)
 
 
 def _cli(*args):
-    "Run the `mkd-eval` console script's entry point (`mkd_nb.evaluate.main`) in a fresh process."
-    script = _SCRIPT_DIR / 'mkd-eval'
-    if not script.exists(): script.write_text('import sys\nfrom mkd_nb.evaluate import main\nsys.exit(main())\n')
+    "Run `mkd-eval` in a fresh process, as `python -m mkd_nb.cli eval` (what the console script runs)."
     repo = str(Path(__file__).resolve().parents[1])
     env = dict(os.environ, HF_HUB_OFFLINE='1', OMP_NUM_THREADS='1', MPLBACKEND='Agg',
                PYTHONPATH=os.pathsep.join([repo] + [p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep) if p]))
-    return subprocess.run([sys.executable, str(script), *map(str, args)], capture_output=True, text=True, env=env, timeout=300)
+    return subprocess.run([sys.executable, '-m', 'mkd_nb.cli', 'eval', *map(str, args)], capture_output=True, text=True, env=env, timeout=300)
 
 
 @pytest.fixture(scope='module')
@@ -89,7 +85,7 @@ def test_cli_bad_checkpoint(tmp_path):
     assert r.returncode != 0 and 'mkd-eval: error: checkpoint' in r.stderr and 'best.pt' in r.stderr
     assert 'Traceback' not in r.stderr
     # the same errors when called from Python (no subprocess needed)
-    from mkd_nb.evaluate import mkd_eval
+    from mkd_nb.cli import mkd_eval
     with pytest.raises(FileNotFoundError, match='missing.pt: no such file'): mkd_eval(ckpt=str(tmp_path / 'missing.pt'))
     with pytest.raises(ValueError, match='--ckpt RUN/best.pt is required'): mkd_eval(quiet=True)
 
@@ -98,7 +94,8 @@ def test_bn_recal_matches_direct_computation_and_keeps_checkpoint(run, tmp_path)
     "`--bn-recal` evaluates the network `recalibrate_bn` gives on weak training crops; the checkpoint file is not touched."
     import hashlib
     from mkd_nb.augment import WeakView
-    from mkd_nb.evaluate import mkd_eval, recalibrate_bn
+    from mkd_nb.cli import mkd_eval
+    from mkd_nb.evaluate import recalibrate_bn
     before = hashlib.sha256(run['ckpt'].read_bytes()).hexdigest()
     rep = mkd_eval(ckpt=str(run['ckpt']), bn_recal=2, out=str(tmp_path / 'bn.json'), quiet=True)
     assert rep['bn_recal'] == 2 and rep['bn_data'] == 'train'

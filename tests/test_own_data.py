@@ -11,9 +11,10 @@ import torch
 from PIL import Image
 
 import mkd_nb.train as train_mod
-import mkd_nb.evaluate as eval_mod
+import mkd_nb.cli as cli
 import mkd_nb.export as export_mod
-from mkd_nb.data import mkd_data, folder, read_split
+from mkd_nb.data import folder, read_split
+from mkd_nb.loader import build_data
 from mkd_nb.models import load_checkpoint
 
 VOID = 11
@@ -44,18 +45,17 @@ def _has(mod):
 
 def _main(monkeypatch, entry, argv):
     monkeypatch.setattr(sys, 'argv', ['prog', *map(str, argv)])
-    try: entry()
+    try: return entry() or 0
     except SystemExit as e: return e.code
-    return 0
 
 
 def test_own_folder_end_to_end(tmp_path, monkeypatch, capsys):
     root = own_folder(tmp_path / 'data')
     # mkd-data check: the void value is suggested, and with it the folder is clean; the unlabeled images are counted
-    assert mkd_data(['check', '--root', str(root), '--num-classes', '3']) == 1
+    assert cli.main_data(['check', '--root', str(root), '--num-classes', '3']) == 1
     out = capsys.readouterr().out
     assert f'pass --void {VOID}' in out and '(in 12 of 12 masks)' in out, out
-    assert mkd_data(['check', '--root', str(root), '--num-classes', '3', '--void', str(VOID)]) == 0
+    assert cli.main_data(['check', '--root', str(root), '--num-classes', '3', '--void', str(VOID)]) == 0
     out = capsys.readouterr().out
     assert '12 images with masks, 10 without (unlabeled)' in out and 'OK: no errors' in out, out
     # a refused run (the void value not given) leaves no folder behind
@@ -92,7 +92,7 @@ def test_own_folder_end_to_end(tmp_path, monkeypatch, capsys):
     assert save_gallery(run / 'best.pt', run / 'gallery.png', n=2, split='val').read_bytes()[:4] == b'\x89PNG'
     assert sum(p.numel() for p in load_teacher(run / 'best.pt', 3).parameters()) > 0
     # mkd-eval finds the held-out images by itself
-    assert _main(monkeypatch, eval_mod.main, ['--ckpt', run / 'best.pt', '--quiet', '--device', 'cpu']) == 0
+    assert _main(monkeypatch, cli.main_eval, ['--ckpt', run / 'best.pt', '--quiet', '--device', 'cpu']) == 0
     rep = json.loads((run / 'eval_val.json').read_text())
     assert rep['n_images'] == 3 and 0 <= rep['miou'] <= 100
     # mkd-export: a deployable model of the evaluated network, checked against PyTorch
@@ -104,6 +104,6 @@ def test_own_folder_end_to_end(tmp_path, monkeypatch, capsys):
         assert res['max_abs_diff'] < 1e-3 and res['size'] == [32, 64] and Path(res['path']).is_file()
     assert 'max abs diff' in capsys.readouterr().out
     # the same run again repeats the split (resume: nothing left to do, same checksum)
-    d2 = train_mod.build_data(train_mod.make_config('mkd', dataset='folder', root=str(root), num_classes=3, void=VOID,
+    d2 = build_data(train_mod.make_config('mkd', dataset='folder', root=str(root), num_classes=3, void=VOID,
                                                     labeled='all', split_dir=str(run / 'splits')), log=None)
     assert d2['lab_ids'] == lab and d2['val_ids'] == val

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from mkd_nb.core import make_config
-from mkd_nb.train import Trainer, build_data
+from mkd_nb.loader import build_data
+from mkd_nb.train import Trainer
 from mkd_nb.evaluate import ConfusionMatrix
 
 ITERS = 60
