@@ -72,6 +72,8 @@ class DataConfig:
     workers: int = 2               # loader worker processes
     strong_aug: str = 'unimatch'   # 'unimatch' (jitter+gray+blur) or 'mkd' (pick one of jitter/blur/equalize/solarize/gray)
     weak_photometric: bool = False # MKD code: mmseg's photometric distortion on labeled images and weak views too (recipes mkd-*)
+    partner_views: bool = False   # UniMatch code: each unlabeled image also comes as a second, independently augmented
+                                   # view (weak + two strong) whose boxes are CutMixed in (method unimatch, mix_partner)
     skip_bad: bool = False         # drop files that check_dataset flags instead of refusing to train
     synthetic_train: int = 256     # synthetic default data: number of train images
     synthetic_val: int = 64

@@ -60,23 +60,36 @@ class _StepSampler(Sampler):
 # %% ../nbs/03_loader.ipynb #92940015
 class _SemiData(Dataset):
     "Keys (stream, index, seed, ...) -> per-sample dicts of normalised views."
-    def __init__(self, labeled_ds, unlabeled_ds, weak: WeakView, strong: StrongView, photo=None):
+    def __init__(self, labeled_ds, unlabeled_ds, weak: WeakView, strong: StrongView, photo=None,
+                 partner_views: bool = False):
         self.ds = {'l': labeled_ds, 'u': unlabeled_ds}
         self.weak, self.strong, self.photo = weak, strong, photo   # photo: optional distortion of labeled images and weak views
+        self.partner_views = partner_views   # a second, independent set of views of each unlabeled image (UniMatch code)
     def __len__(self): return len(self.ds['l'])
-    def __getitem__(self, key):
-        name, idx, sseed = key[0], key[1], key[2]
-        img, mask = self.ds[name][idx]
+
+    def _unlabeled_views(self, img, mask, seed: int) -> dict:
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sseed)
-            w, m, valid = self.weak(img, mask)
-            if name == 'l':
-                return name, {'img': normalize(self.photo(w) * valid if self.photo else w), 'mask': m, 'index': idx}
-            s1, s2 = self.strong(w), self.strong(w)       # strong views from the undistorted crop (MKD code)
-            if self.photo: w = self.photo(w) * valid
-        s1, s2 = s1 * valid, s2 * valid  # keep padding black in every view
-        return name, {'weak': normalize(w), 'strong1': normalize(s1), 'strong2': normalize(s2),
-                      'valid': valid, 'gt': m, 'index': idx}
+            torch.manual_seed(seed)
+            weak, gt, valid = self.weak(img, mask)
+            strong1, strong2 = self.strong(weak), self.strong(weak)   # from the undistorted crop (MKD code)
+            if self.photo: weak = self.photo(weak) * valid
+        return {'weak': normalize(weak), 'strong1': normalize(strong1 * valid), 'strong2': normalize(strong2 * valid),
+                'valid': valid, 'gt': gt}                             # padding stays black in every view
+
+    def __getitem__(self, key):
+        name, idx, sample_seed = key[0], key[1], key[2]
+        img, mask = self.ds[name][idx]
+        if name == 'l':
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(sample_seed)
+                weak, target, valid = self.weak(img, mask)
+                return name, {'img': normalize(self.photo(weak) * valid if self.photo else weak), 'mask': target,
+                              'index': idx}
+        views = self._unlabeled_views(img, mask, sample_seed)
+        if self.partner_views:   # its own seed, so the first views are the same with or without partners
+            partner = self._unlabeled_views(img, mask, seed_of(sample_seed, 'partner'))
+            views.update({f'{k}_partner': v for k, v in partner.items() if k != 'gt'})
+        return name, dict(views, index=idx)
 
 def _collate(items):
     out = {}
@@ -100,7 +113,7 @@ class SemiLoader:
             streams.append(_Stream(len(unlabeled_ds), seed, 'u')); sizes.append(self.unlabeled_batch_size)
         self.sampler = _StepSampler(streams, sizes, rank, world)
         self.data = _SemiData(labeled_ds, unlabeled_ds, WeakView(cfg.crop, (cfg.scale_min, cfg.scale_max)), StrongView(cfg.strong_aug),
-                              PhotoDistortion() if cfg.weak_photometric else None)
+                              PhotoDistortion() if cfg.weak_photometric else None, cfg.partner_views)
         w = cfg.workers
         self.dl = DataLoader(self.data, batch_sampler=self.sampler, num_workers=w, collate_fn=_collate,
                              pin_memory=torch.cuda.is_available(), persistent_workers=w > 0,
