@@ -14,7 +14,6 @@ from fastcore.script import call_parse
 from .core import *
 from .methods import build_method, toy_batch
 from .train import amp_dtype
-import mkd_nb.mgd  # registers the 'mgd' method
 
 # %% auto #0
 __all__ = ['PROTOCOLS', 'reset_peak', 'peak_mib', 'bench_step', 'stand_in_teachers', 'bench_settings', 'bench_pair',
@@ -74,7 +73,7 @@ def _step_fn(cfg: Config, num_classes: int = 11) -> dict:
         scaler.scale(loss).backward(); scaler.step(opt); scaler.update(); opt.zero_grad(set_to_none=True)
 
     def full():
-        with ctx(): out = method.step(lab, None if method.name == 'sup' else unl)
+        with ctx(): out = method.step(lab, unl if method.needs_unlabeled else None)
         update(out['loss']); method.after_step()
 
     passes = method.passes(nl, nu)
@@ -101,14 +100,14 @@ def bench_step(cfg: Config, num_classes: int = 11, steps: int = 5, warmup: int =
         med, ts = _median_time(fn, steps, warmup, device)
         res[name] = {'median_s': med, 'times_s': ts, 'peak_mib': peak_mib(device)}
     f, b = res['full']['median_s'], res['bare']['median_s']
-    images = nl + (0 if method.name == 'sup' else nu)
+    images = nl + (nu if method.needs_unlabeled else 0)
     return {'method': method.name, 'encoder': cfg.model.encoder, 'arch': cfg.model.arch, 'crop': c, 'batch_size': nl,
-            'unlabeled_batch_size': nu if method.name != 'sup' else 0, 'device': str(device),
+            'unlabeled_batch_size': nu if method.needs_unlabeled else 0, 'device': str(device),
             'threads': torch.get_num_threads(),
             'passes': [(n, g) for _, n, g, _ in passes], 'forward_images': sum(n for _, n, _, _ in passes),
             'step_s': f, 'bare_s': b, 'overhead_frac': (f - b) / f, 'images_per_s': images / f,
             'peak_mib': res['full']['peak_mib'], 'bare_peak_mib': res['bare']['peak_mib'], 'raw': res,
-            'torch': torch.__version__, 'scl_weight': cfg.method.scl_weight, 'channels_last': cl,
+            'torch': torch.__version__, 'scl_weight': getattr(cfg.method, 'scl_weight', 0.0), 'channels_last': cl,
             'compile': cfg.train.compile,
             'amp': cfg.train.amp, 'dtype': str(st['dtype'] or torch.float32).removeprefix('torch.')}
 
@@ -258,7 +257,8 @@ _MGD_TEACHERS = dict(teacher_deep='mgd teacher deep', teacher_wide='mgd teacher 
 _FIRST_BOXES = dict(cutmix_boxes='wide')
 _FIRST_MGD = dict(_FIRST_BOXES, pseudo_void=False)
 _FIRST_MKD = dict(_FIRST_MGD, loss_stride=1, lean_passes=True, schedule_from=0, sup_logits='augmented', conf_source='augmented',
-                  pseudo_norm='valid', stats_at='features', stats_updates='once', teacher_stats_on='weak')
+                  pseudo_norm='valid', stats_at='features', stats_updates='once', teacher_stats_on='weak',
+                  weak_photometric=False)   # mkd's data default since; these rows ran without it
 _MKD = dict(_FIRST_MKD, conf_thresh=0.95, lambda_cps=0.0)
 _CODE_CPS = dict(_MKD, lambda_cps=1.0)
 
