@@ -71,7 +71,7 @@ class DataConfig:
     unlabeled_batch_size: Optional[int] = None  # per step (per process); None = batch_size
     workers: int = 2               # loader worker processes
     strong_aug: str = 'unimatch'   # 'unimatch' (jitter+gray+blur) or 'mkd' (pick one of jitter/blur/equalize/solarize/gray)
-    weak_photometric: bool = False # mmseg's photometric distortion on labeled images and weak views too (MKD code; mkd's default)
+    weak_photometric: bool = False # mmseg's photometric distortion on labeled images and weak views too (MKD code, mkd)
     skip_bad: bool = False         # drop files that check_dataset flags instead of refusing to train
     synthetic_train: int = 256     # synthetic default data: number of train images
     synthetic_val: int = 64
@@ -115,12 +115,12 @@ class TrainConfig:
     resume: Optional[str] = None   # None, 'auto' (last.pt in out if present) or a checkpoint path
     diag_unlabeled: bool = True    # log pseudo-label accuracy on unlabeled images that have ground truth (never trained on)
 
-# %% ../nbs/00_core.ipynb #0926c60d
+# %% ../nbs/00_core.ipynb #b0510948
 METHOD_REGISTRY = {}   # method name -> its class (a `Method` of 08_methods); filled by `@register_method`
 
 @dataclass
 class MethodHP:
-    "A method's hyper-parameters: each method subclasses this with the options it reads; `name` comes from the registry."
+    "A method's hyper-parameters: each method subclasses it with the options it reads; `name` comes from the registry."
     name: str = ''                 # the method (filled in from the registry)
 
     def __post_init__(self):
@@ -136,15 +136,17 @@ class MethodHP:
         self.require(value in choices, option, f"unknown value {value!r}; valid: {', '.join(map(str, choices))}")
 
     def check(self):
-        "Raise `ConfigError` for the first impossible value; option groups and methods extend it (calling `super().check()`)."
-        self.require(self.name in METHOD_REGISTRY, 'name', f"unknown method {self.name!r}; valid: {', '.join(METHOD_REGISTRY)}")
+        "Raise `ConfigError` for the first impossible value; option groups and methods extend it (calling super)."
+        self.require(self.name in METHOD_REGISTRY, 'name',
+                     f"unknown method {self.name!r}; valid: {', '.join(METHOD_REGISTRY)}")
         return self
 
 def register_method(cls):
     "Class decorator: file the method class `cls` under `cls.name`; a class without its own `HP` gets an empty one."
     hp = vars(cls).get('HP')
     if hp is None:   # its own class, so that `name` defaults to this method
-        hp = cls.HP = dataclass(type(f'{cls.__name__}HP', (getattr(cls, 'HP', MethodHP),), {'__module__': cls.__module__}))
+        base = getattr(cls, 'HP', MethodHP)
+        hp = cls.HP = dataclass(type(f'{cls.__name__}HP', (base,), {'__module__': cls.__module__}))
     hp.method_name = cls.name
     METHOD_REGISTRY[cls.name] = cls
     return cls
@@ -167,7 +169,7 @@ def _one_of(val, choices, field):
     _check(val in choices, field, f"unknown value {val!r}; valid: {', '.join(map(str, choices))}")
 
 def field_kind(f) -> tuple:
-    "(base type name, optional) of dataclass field `f`: ('int', False), ('str', True), ...; the type given as text or as a type."
+    "(base type name, optional) of dataclass field `f`: ('int', False), ('str', True), ...; its type as text or a type."
     t = f.type
     name = t if isinstance(t, str) else t.__name__ if isinstance(t, type) else str(t)
     name = name.replace('typing.', '').replace(' ', '')
@@ -248,7 +250,7 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict):
-        "Build from a (possibly partial) nested dict; unknown names are refused, and files of the one-union era read as they ran."
+        "Build from a (possibly partial) nested dict; unknown names are refused; old files read as they ran."
         kw = {}
         for k, v in (d or {}).items():
             if k not in _SECTIONS and k != 'method':
@@ -272,7 +274,7 @@ for _s, _c in _SECTIONS.items():
     for _f in fields(_c):
         _FIELD_SECTION.setdefault(_f.name, []).append(_s)
 
-# %% ../nbs/00_core.ipynb #b43a86b9
+# %% ../nbs/00_core.ipynb #8247f2c0
 # Files written before each method had its own options held one union of every method's options (`MethodConfig`), with
 # these defaults, and a few values per method over them (`METHOD_DEFAULTS`). Frozen: they say what an old file meant.
 _UNION_DEFAULTS = dict(
@@ -297,7 +299,8 @@ def _no_option(method: str, option: str) -> ConfigError:
     own = method_options(method)
     others = [m for m in METHOD_REGISTRY if m != method and option in method_options(m)]
     close = difflib.get_close_matches(option, own + list(_FIELD_SECTION), 1, 0.6)
-    hint = (f" (did you mean `{close[0]}`?)" if close else '') + (f"; it is an option of {', '.join(others)}" if others else '')
+    hint = (f" (did you mean `{close[0]}`?)" if close else '')
+    hint += f"; it is an option of {', '.join(others)}" if others else ''
     return ConfigError(f'method.{option}', f"{method} has no option {option}{hint}; its options: {', '.join(own) or 'none'}")
 
 def _method_values(method: str, values: dict) -> dict:
@@ -305,15 +308,15 @@ def _method_values(method: str, values: dict) -> dict:
     own = method_options(method)
     values = {k: v for k, v in values.items() if k != 'name'}
     extra = [k for k in values if k not in own]
-    if not any(k in _UNION_DEFAULTS for k in extra):   # written by this version, or by hand: every name must be an option
+    if not any(k in _UNION_DEFAULTS for k in extra):   # written by this version or by hand: each name must be an option
         if extra: raise _no_option(method, extra[0])
         return values
     old = dict(_UNION_DEFAULTS, **_UNION_PER_METHOD.get(method, {}))
     for k in extra:
         if k not in _UNION_DEFAULTS: raise _no_option(method, k)
         if values[k] not in (_UNION_DEFAULTS[k], old[k]):
-            raise ConfigError(f'method.{k}', f"the file gives {method} {k}={values[k]!r}, but {method} has no such option (it "
-                                             f"never read it): set it to {old[k]!r} or delete it to load the file")
+            raise ConfigError(f'method.{k}', f"the file gives {method} {k}={values[k]!r}, but {method} has no such "
+                                             f"option (it never read it): set it to {old[k]!r} or delete it to load the file")
     # a field the old file predates ran with the union's default, as this file's run did
     return {k: values[k] if k in values else _UNION_DEFAULTS[k] for k in own if k in values or k in _UNION_DEFAULTS}
 

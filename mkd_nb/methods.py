@@ -39,7 +39,7 @@ def draw_mix(unl: dict, variant: str, labels=None):
 # %% ../nbs/08_methods.ipynb #57697486
 @dataclass
 class MixHP(MethodHP):
-    "Options of the methods that mix unlabeled images: how they mix, and at which resolution their unsupervised losses are."
+    "Options of the methods that mix unlabeled images: how, and at which resolution their unsupervised losses are."
     cutmix: str = 'mkd'            # 'mkd' (3 XOR boxes, see cutmix_boxes), 'unimatch' (1 box 2-40 %, p=0.5), 'classmix', 'none'
     cutmix_boxes: str = 'wide'     # cutmix='mkd': 'code' (each box p/3 of the crop, p~U(.25,.5), partner OUTSIDE the boxes:
                                    # MKD/CPS code) or 'wide' (each box p, partner inside: the workbook's first reading)
@@ -92,7 +92,8 @@ class SCLHP(MethodHP):
         super().check()
         self.require(self.scl_weight >= 0, 'scl_weight', f"must be >= 0, got {self.scl_weight}")
         self.one_of('scl_region', ('grid', 'boxes', 'sample'))
-        for k in ('scl_grid', 'scl_samples'): self.require(getattr(self, k) >= 1, k, f"must be >= 1, got {getattr(self, k)}")
+        for k in ('scl_grid', 'scl_samples'):
+            self.require(getattr(self, k) >= 1, k, f"must be >= 1, got {getattr(self, k)}")
         return self
 
 class Method(nn.Module):
@@ -175,7 +176,7 @@ def scl_term(hp, s_logits, t_logits, mix_mask):
 
 @dataclass
 class MeanTeacherHP(SCLHP, EMAHP, ThresholdHP, MixHP):
-    "Mean Teacher's options: its paper's slow teacher (momentum 0.99, buffers copied, eval-mode BN), the MKD/CPS code's boxes."
+    "Mean Teacher's options: its paper's slow teacher (0.99, buffers copied, eval-mode BN), the MKD/CPS code's boxes."
     cutmix_boxes: str = 'code'
     ema_momentum: float = 0.99
     ema_buffers: bool = True
@@ -313,7 +314,7 @@ def decoder_maps(net: SegNet, x: torch.Tensor) -> tuple:
 
 @dataclass
 class MKDHP(SCLHP, EMAHP, ThresholdHP, MixHP):
-    "MKD's options: each term-by-term choice defaults to the official code's value (the other: the workbook's first reading)."
+    "MKD's options: each term-by-term choice defaults to the code's value (the other: the workbook's first reading)."
     cutmix_boxes: str = 'code'
     loss_stride: int = 8
     schedule_from: int = 1
@@ -357,7 +358,7 @@ class MKDHP(SCLHP, EMAHP, ThresholdHP, MixHP):
 class MKD(Method):
     "Mutual knowledge distillation: two students, two EMA teachers, cross-branch pseudo-labels, CPS, feature augmentation."
     name, HP = 'mkd', MKDHP
-    data_defaults = dict(weak_photometric=True)   # the code's photometric distortion of labeled images and weak views
+    data_defaults = dict(weak_photometric=True)   # the code's photometric distortion of labeled images, weak views
     def __init__(self, cfg, num_classes):
         super().__init__(cfg, num_classes)
         self.s1, self.s2 = self.new_net(0), self.new_net(1)

@@ -62,7 +62,7 @@ def load_teacher(path, num_classes: int, role: str = 'deep') -> SegNet:
 # %% ../nbs/08a_mgd.ipynb #f7469c9c
 @dataclass
 class MGDHP(TeacherHP, MixHP):
-    "MGD's options: the two frozen teachers, the weights of the image and region levels, and a switch per level (ablations)."
+    "MGD's options: the two frozen teachers, the weights of the image and region levels, a switch per level (ablations)."
     cutmix_boxes: str = 'code'
     teacher_bn_mode: str = 'eval'
     pseudo_void: bool = True       # True keeps void/padding pixels of labeled images in the pixel term (code)
@@ -82,7 +82,8 @@ class MGDHP(TeacherHP, MixHP):
         super().check()
         self.require(self.teacher_deep and self.teacher_wide, 'teacher_deep',
                      "mgd needs --teacher-deep and --teacher-wide checkpoints")
-        for k in ('lambda_img', 'lambda_region'): self.require(getattr(self, k) >= 0, k, f"must be >= 0, got {getattr(self, k)}")
+        for k in ('lambda_img', 'lambda_region'):
+            self.require(getattr(self, k) >= 0, k, f"must be >= 0, got {getattr(self, k)}")
         self.require(self.mgd_grid >= 1, 'mgd_grid', "must be >= 1")
         self.one_of('img_loss_norm', ('mean', 'sum'))
         return self
@@ -166,7 +167,7 @@ class MGD(Method):
         return T
 
     def step(self, lab, unl):
-        if unl is None: raise ValueError("mgd: needs an unlabeled batch (the Trainer gives one to every method that needs_unlabeled)")
+        if unl is None: raise ValueError("mgd: needs an unlabeled batch (the Trainer gives one when needs_unlabeled)")
         P = self.parts(lab, unl)
         T = self.terms(P)
         out = {'loss': sum(T.values()), **{k: v.detach() for k, v in T.items()}, 'mixed': P['x_mix'].detach()}

@@ -251,7 +251,7 @@ RUN_FREE_FIELDS = {'train': {'resume', 'out', 'threads', 'device', 'eval_batch_s
 
 def config_diff(theirs: dict, mine: Config) -> list:
     "Fields (as 'section.name: theirs vs now') where the stored config dict `theirs` differs from `mine`, ignoring where and how it runs."
-    try: theirs = Config.from_dict(theirs).to_dict()   # a field the stored config predates counts as what it ran with
+    try: theirs = Config.from_dict(theirs).to_dict()   # a field the stored config predates: what it ran with
     except ConfigError as e: return [f"the checkpoint's configuration: {e}"]
     m = mine.to_dict()
     return [f"{s}.{k}: checkpoint {theirs[s].get(k)!r} vs now {v!r}" for s in m for k, v in m[s].items()
@@ -656,7 +656,8 @@ def parse_overrides(s) -> dict:
     out = {}
     for text in [s] if isinstance(s, str) else s:
         for part in _PAIR_START.split(text):   # a comma not followed by `name=` is part of the value
-            if '=' not in part: raise ConfigError(part, "overrides look like name=value name2=value2 (or name=value,name2=value2)")
+            if '=' not in part:
+                raise ConfigError(part, "overrides look like name=value name2=value2 (or name=value,name2=value2)")
             k, v = part.split('=', 1)
             out[k.strip()] = _parse_value(v)
     return out
@@ -668,7 +669,7 @@ RECIPE_PARTS = {
                      weight_decay=1e-4, poly_power=0.9, lr_batch=8, lr_scaling='linear', log_every=50),
     'unimatch-voc': dict(dataset='voc', train_split='train_aug', crop=321, lr=0.001, head_lr_mult=10.0, eval_mode='whole'),
     'unimatch-cityscapes': dict(dataset='cityscapes', crop=801, lr=0.005, head_lr_mult=1.0, eval_mode='sliding'),
-    # the MKD code, with the term-by-term choices (08_methods' options table) spelled out so a recipe never drifts with defaults
+    # the MKD code, with the term-by-term choices (08_methods' options table) spelled out: a recipe never drifts
     'mkd-code': dict(
         dataset='voc', train_split='train_aug', arch='deeplabv3plus', encoder='resnet50', encoder_weights='imagenet',
         output_stride=16, crop=512, optimizer='sgd', momentum=0.9, lr=0.0025, lr_scaling='none', weight_decay=5e-4,
@@ -701,7 +702,7 @@ RECIPES = {
 }
 
 def recipe_values(name: str, method: Optional[str] = None) -> dict:
-    "The config fields recipe `name` sets for `method` (its parts, then its own values, then its values for that method)."
+    "The config fields recipe `name` sets for `method`: its parts, then its own values, then those for that method."
     if name not in RECIPES: raise ConfigError('recipe', f"unknown recipe {name!r}; valid: {', '.join(RECIPES)}")
     r, out = RECIPES[name], {}
     for part in r.get('parts', ()): out.update(RECIPE_PARTS[part])
@@ -756,7 +757,7 @@ def _field_comments(cls) -> dict:
     return out
 
 def train_flags() -> dict:
-    "Every config field mkd-train takes, by name: {'section', 'field', 'help'}; the methods' options are the union of all of theirs."
+    "Every config field mkd-train takes, by name: {'section', 'field', 'help'}; the union of all methods' options."
     flags = {}
     for sec, cls in (('data', DataConfig), ('model', ModelConfig), ('train', TrainConfig)):
         notes = _field_comments(cls)
@@ -795,13 +796,13 @@ def train_parser() -> argparse.ArgumentParser:
         kw = dict(nargs='+') if name == 'set' else dict(type=int, default=1) if name == 'nproc' else {}
         p.add_argument('--' + name, dest=name, help=text, **kw)
     for name, flag in train_flags().items():
-        bare = dict(nargs='?', const=True) if field_kind(flag['field'])[0] == 'bool' else {}   # `--skip-bad` alone is true
+        bare = dict(nargs='?', const=True) if field_kind(flag['field'])[0] == 'bool' else {}   # `--skip-bad`: true
         p.add_argument('--' + name.replace('_', '-'), dest=name, type=_flag_type(flag['field']),
                        help=flag['help'].replace('%', '%%'), **bare)
     return p
 
 def config_file_fields(path, method: Optional[str] = None) -> tuple:
-    "(method, dotted fields) of a run's config.json or a TOML file with the same sections; `train.out`/`resume` are left out."
+    "(method, dotted fields) of a run's config.json or a TOML file of the same sections, without `train.out`, `resume`."
     path = Path(path)
     try:
         text = path.read_text()
@@ -811,7 +812,8 @@ def config_file_fields(path, method: Optional[str] = None) -> tuple:
         else: stored = json.loads(text)
     except FileNotFoundError: raise ConfigError('config', f"{path} does not exist") from None
     except ValueError as e: raise ConfigError('config', f"{path} cannot be read: {e}") from None
-    if not isinstance(stored, dict): raise ConfigError('config', f"{path} holds no sections (data, model, method, train)")
+    if not isinstance(stored, dict):
+        raise ConfigError('config', f"{path} holds no sections (data, model, method, train)")
     own = (stored.get('method') or {}).get('name', 'sup')
     method = method or own
     out = {}
@@ -826,9 +828,9 @@ def config_file_fields(path, method: Optional[str] = None) -> tuple:
 
 def mkd_train(method: Optional[str] = None, recipe: Optional[str] = None, config: Optional[str] = None, set=None,
               nproc: int = 1, **fields):
-    "Train a segmentation network with a (semi-)supervised method; `fields` are config fields by name; writes into `out`."
+    "Train a segmentation network with a (semi-)supervised method; `fields`: config fields by name; writes into `out`."
     fields = {k: v for k, v in fields.items() if v is not None}
-    if 'labeled' not in fields and fields.get('dataset') == 'folder': fields['labeled'] = 'all'   # every image with a mask
+    if 'labeled' not in fields and fields.get('dataset') == 'folder': fields['labeled'] = 'all'   # all images with masks
     fields.update(parse_overrides(set))
     rank, world, _ = dist_env()
     if nproc > 1 and world == 1:

@@ -62,7 +62,7 @@ def method_roles(method) -> Roles:
         return Roles({'network': S[0]}, {'network': 'network'}, None, {'network'}, 'network')
     t, s = _named('teacher', T), _named('student', S)
     tn, sn = list(t), list(s)
-    mutual = getattr(method, 'name', '') == 'mkd' and bool(getattr(getattr(method, 'opt', None), 'mutual', False))
+    mutual = getattr(method, 'name', '') == 'mkd' and bool(getattr(getattr(method, 'hp', None), 'mutual', False))
     teaches = {}
     for k, n in enumerate(tn):
         teaches[n] = sn[1 - k] if (mutual and len(sn) == 2 and k < 2) else sn[min(k, len(sn) - 1)]
