@@ -14,7 +14,6 @@ from fastcore.script import call_parse
 from .core import *
 from .methods import build_method, toy_batch
 from .train import amp_dtype
-import mkd_nb.mgd  # registers the 'mgd' method
 from .runner import (load_protocol, protocol_names, protocol_cells, select_cells, cell_config, protocol_root,
                            run_cells, plan_cells, _plan_lines)
 from .report import write_table
@@ -52,7 +51,7 @@ def _median_time(fn, steps, warmup, device):
 
 def _method_traits(method, cfg: Config) -> dict:
     "What the timing needs to know of a method: whether it trains on unlabeled images, its SCL weight. The one place that reads them."
-    return dict(unlabeled=method.name != 'sup', scl_weight=cfg.method.scl_weight)
+    return dict(unlabeled=method.needs_unlabeled, scl_weight=getattr(cfg.method, 'scl_weight', 0.0))
 
 def _step_fn(cfg: Config, num_classes: int = 11) -> dict:
     "Closures running one full training step of `cfg`'s method, and its bare network passes, on synthetic tensors."

@@ -13,9 +13,10 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['IGNORE_INDEX', 'DATASETS', 'ARCHS', 'METHODS', 'METHOD_DEFAULTS', 'ConfigError', 'labeled_count', 'DataConfig',
-           'ModelConfig', 'MethodConfig', 'TrainConfig', 'Config', 'make_config', 'seed_everything', 'get_device',
-           'get_logger', 'cli_parser', 'cli_parse', 'cli_main', 'NotebookFigure']
+__all__ = ['IGNORE_INDEX', 'DATASETS', 'ARCHS', 'METHOD_REGISTRY', 'ConfigError', 'labeled_count', 'DataConfig', 'ModelConfig',
+           'TrainConfig', 'MethodHP', 'register_method', 'method_class', 'method_options', 'field_kind', 'Config',
+           'make_config', 'seed_everything', 'get_device', 'get_logger', 'cli_parser', 'cli_parse', 'cli_main',
+           'NotebookFigure']
 
 # %% ../nbs/00_core.ipynb #e89e694d
 IGNORE_INDEX = 255  # every dataset maps its void value here; losses and metrics skip it
@@ -50,7 +51,6 @@ def labeled_count(spec, n: int) -> int:
 # %% ../nbs/00_core.ipynb #deb4503e
 DATASETS = ('synthetic', 'camvid', 'voc', 'cityscapes', 'folder')
 ARCHS = ('deeplabv3plus', 'unet')
-METHODS = ('sup', 'mt', 'cps', 'unimatch', 'mkd', 'mgd')
 
 @dataclass
 class DataConfig:
@@ -71,9 +71,9 @@ class DataConfig:
     unlabeled_batch_size: Optional[int] = None  # per step (per process); None = batch_size
     workers: int = 2               # loader worker processes
     strong_aug: str = 'unimatch'   # 'unimatch' (jitter+gray+blur) or 'mkd' (pick one of jitter/blur/equalize/solarize/gray)
-    weak_photometric: bool = False # MKD code: mmseg's photometric distortion on labeled images and weak views too (recipes mkd-*)
-    partner_views: bool = False   # UniMatch code: each unlabeled image also comes as a second, independently augmented
-                                   # view (weak + two strong) whose boxes are CutMixed in (method unimatch, mix_partner)
+    weak_photometric: bool = False # mmseg's photometric distortion on labeled images and weak views too (MKD code, mkd)
+    partner_views: bool = False    # a second, independently augmented set of views of each unlabeled image whose
+                                   # boxes are CutMixed in (UniMatch code; method unimatch, mix_partner)
     skip_bad: bool = False         # drop files that check_dataset flags instead of refusing to train
     synthetic_train: int = 256     # synthetic default data: number of train images
     synthetic_val: int = 64
@@ -86,60 +86,6 @@ class ModelConfig:
     encoder_weights: Optional[str] = None  # None (random init), 'imagenet' (hub download) or a local .pt/.pth/.safetensors file
     decoder_channels: int = 256
     output_stride: int = 16        # DeepLabV3+ only: 8 or 16
-
-@dataclass
-class MethodConfig:
-    name: str = 'sup'              # one of METHODS
-    # --- pseudo-labels and mixing (MKD code values; paper values in comments) ---
-    conf_thresh: float = 0.0       # tau; MKD code: none (0.0), MKD paper: 0.95, UniMatch: 0.95
-    cutmix: str = 'mkd'            # 'mkd' (3 XOR boxes, see cutmix_boxes), 'unimatch' (1 box 2-40 %, p=0.5), 'classmix', 'none'
-    cutmix_boxes: str = 'wide'     # cutmix='mkd': 'code' (each box p/3 of the crop, p~U(.25,.5), partner OUTSIDE the boxes:
-                                   # MKD/CPS code) or 'wide' (each box p, partner inside: the workbook's first reading)
-    pseudo_on_labeled: bool = True # MKD code applies the pseudo-label terms to labeled+unlabeled images
-    pseudo_void: bool = False      # MKD, MGD: True keeps void/padding pixels of labeled images in the pseudo-label terms (code)
-    loss_stride: int = 1           # compute unsupervised losses at 1/loss_stride of the input (MKD code: 8)
-    schedule_from: int = 0         # index of the first step for the EMA momentum and the lambda ramp (MKD code: 1)
-    # --- MKD, term by term (the MethodConfig value is the workbook's first behaviour; METHOD_DEFAULTS['mkd'] the code's) ---
-    sup_logits: str = 'augmented'  # supervised CE on 'raw' logits at input resolution (code) or 'augmented' ones at the loss stride
-    conf_source: str = 'augmented' # tau > 0: confidence from the teacher's 'raw' logits (code) or its 'augmented' ones
-    pseudo_norm: str = 'valid'     # mutual CE averaged over the pixels that pass tau ('kept', code) or over all 'valid' ones
-    stats_at: str = 'features'     # class statistics from features resized to the 'loss' resolution (code) or the decoder's 'features'
-    stats_updates: str = 'once'    # 'twice' per step and network (labeled, then unlabeled: code) or 'once' (the whole batch)
-    teacher_stats_on: str = 'weak' # teachers' maps mixed before statistics and downsampling ('mixed', code) or after ('weak')
-    # --- EMA teachers ---
-    ema_momentum: float = 0.6      # m_end; MKD code 0.6, common practice (Mean Teacher, UniMatch V2) 0.99-0.999
-    ema_buffers: bool = False      # MKD code: parameters only; common practice copies BN buffers too
-    teacher_bn_mode: str = 'train' # MKD code: teachers in train mode (batch statistics); 'eval' uses running stats
-    # --- MKD weights ---
-    lambda_cross: float = 1.5      # mutual term (teacher of the other branch); MKD code 1.5
-    lambda_cps: float = 1.0        # cross pseudo supervision between students; MKD code 1.0
-    cps_targets: str = 'mixed'     # method cps: 'unmixed' = the other student's no-grad logits on the unmixed weak view, mixed with
-                                   # the same mask (CPS code, the cps default); 'mixed' = its argmax on the mixed image itself (MKD's CPS term)
-    mutual: bool = True            # False: each student is taught by its own teacher (ablation)
-    lean_passes: bool = True       # True: 6 forwards per step; False: the official 8 (teachers also on labeled images)
-    eval_net: str = 'student1'     # 'student1' (MKD code), 'teacher1', 'teachers' (average of the two teachers)
-    # --- feature augmentation (ISDA-style) ---
-    feature_aug: bool = True       # MKD only
-    feature_aug_on: str = 'students,teachers'  # MKD code: all four networks
-    lambda_fa_max: float = 1.5     # cosine ramp to this value over training
-    # --- structured consistency (SCL) ---
-    scl_weight: float = 0.0        # 0 disables; usable with mt and mkd
-    scl_region: str = 'grid'       # 'grid' (pool to scl_grid x scl_grid), 'boxes' (CutMix boxes), 'sample' (random pixels)
-    scl_grid: int = 32
-    scl_samples: int = 1024
-    # --- UniMatch ---
-    fp_dropout: float = 0.5        # Dropout2d on encoder features for the feature-perturbation stream
-    halve_loss: bool = True        # UniMatch code: the whole loss / 2 (half the step of the other methods at one LR); False: no / 2
-    # --- MGD ---
-    teacher_deep: Optional[str] = None   # checkpoint of the deep teacher
-    teacher_wide: Optional[str] = None   # checkpoint of the wide teacher
-    lambda_img: float = 0.084      # lambda1 (image level) for img_loss_norm='mean': code's 0.002 (VOC R18, a SUM over its per-GPU batch of 2 x 21 classes) x 2 x 21; see 07_losses
-    img_loss_norm: str = 'mean'    # 'mean' (/ batch x classes) or 'sum' (MGD code; then lambda_img = 0.002 VOC R18, 0.0005 VOC MBv2, 0.001 Cityscapes R18)
-    lambda_region: float = 100.0   # lambda2 (region level); MGD code VOC ResNet-18
-    mgd_grid: int = 7              # region pooling grid
-    use_pixel: bool = True         # MGD ablations
-    use_img: bool = True
-    use_region: bool = True
 
 @dataclass
 class TrainConfig:
@@ -171,16 +117,51 @@ class TrainConfig:
     resume: Optional[str] = None   # None, 'auto' (last.pt in out if present) or a checkpoint path
     diag_unlabeled: bool = True    # log pseudo-label accuracy on unlabeled images that have ground truth (never trained on)
 
-METHOD_DEFAULTS = {
-    'sup':      dict(),
-    'mt':       dict(ema_momentum=0.99, ema_buffers=True, teacher_bn_mode='eval', conf_thresh=0.0, eval_net='student1',
-                     cutmix_boxes='code'),
-    'cps':      dict(lambda_cps=1.5, cps_targets='unmixed', cutmix_boxes='code'),  # CPS paper (VOC) and code (same box generator)
-    'unimatch': dict(conf_thresh=0.95, cutmix='unimatch'),
-    'mkd':      dict(cutmix_boxes='code', pseudo_void=True, loss_stride=8, lean_passes=False, schedule_from=1, sup_logits='raw',
-                     conf_source='raw', pseudo_norm='kept', stats_at='loss', stats_updates='twice', teacher_stats_on='mixed'),
-    'mgd':      dict(teacher_bn_mode='eval', cutmix_boxes='code', pseudo_void=True),
-}
+# %% ../nbs/00_core.ipynb #185c9093
+METHOD_REGISTRY = {}   # method name -> its class (a `Method` of 08_methods); filled by `@register_method`
+
+@dataclass
+class MethodHP:
+    "A method's hyper-parameters: each method subclasses it with the options it reads; `name` comes from the registry."
+    name: str = ''                 # the method (filled in from the registry)
+
+    def __post_init__(self):
+        if not self.name: self.name = vars(type(self)).get('method_name', '')
+
+    def require(self, ok: bool, option: str, msg: str):
+        "Raise `ConfigError` naming `method.<option>` unless `ok`."
+        if not ok: raise ConfigError(f'method.{option}', msg)
+
+    def one_of(self, option: str, choices):
+        "Refuse a value of `option` outside `choices`."
+        value = getattr(self, option)
+        self.require(value in choices, option, f"unknown value {value!r}; valid: {', '.join(map(str, choices))}")
+
+    def check(self):
+        "Raise `ConfigError` for the first impossible value; option groups and methods extend it (calling super)."
+        self.require(self.name in METHOD_REGISTRY, 'name',
+                     f"unknown method {self.name!r}; valid: {', '.join(METHOD_REGISTRY)}")
+        return self
+
+def register_method(cls):
+    "Class decorator: file the method class `cls` under `cls.name`; a class without its own `HP` gets an empty one."
+    hp = vars(cls).get('HP')
+    if hp is None:   # its own class, so that `name` defaults to this method
+        base = getattr(cls, 'HP', MethodHP)
+        hp = cls.HP = dataclass(type(f'{cls.__name__}HP', (base,), {'__module__': cls.__module__}))
+    hp.method_name = cls.name
+    METHOD_REGISTRY[cls.name] = cls
+    return cls
+
+def method_class(name: str):
+    "The registered method class called `name`."
+    if name not in METHOD_REGISTRY:
+        raise ConfigError('method.name', f"unknown method {name!r}; valid: {', '.join(METHOD_REGISTRY)}")
+    return METHOD_REGISTRY[name]
+
+def method_options(name: str) -> list:
+    "The option names of method `name` (the fields of its `HP`, without `name`)."
+    return [f.name for f in fields(method_class(name).HP) if f.name != 'name']
 
 # %% ../nbs/00_core.ipynb #d5016f68
 def _check(cond, field, msg):
@@ -189,28 +170,37 @@ def _check(cond, field, msg):
 def _one_of(val, choices, field):
     _check(val in choices, field, f"unknown value {val!r}; valid: {', '.join(map(str, choices))}")
 
+def field_kind(f) -> tuple:
+    "(base type name, optional) of dataclass field `f`: ('int', False), ('str', True), ...; its type as text or a type."
+    t = f.type
+    name = t if isinstance(t, str) else t.__name__ if isinstance(t, type) else str(t)
+    name = name.replace('typing.', '').replace(' ', '')
+    if name.startswith('Optional[') and name.endswith(']'): return name[len('Optional['):-1], True
+    if name.endswith('|None'): return name[:-len('|None')], True
+    return name, False
+
 def _check_types(cfg):
     "Every field holds its declared type (so `--set iters=ten` names `train.iters`); numbers or paths given for a text field become text."
     import numbers
-    kinds = {'int': (numbers.Integral, 'an integer'), 'float': (numbers.Real, 'a number'), 'bool': ((bool, np.bool_), 'true or false'), 'str': (str, 'text')}
+    kinds = {'int': (numbers.Integral, 'an integer'), 'float': (numbers.Real, 'a number'), 'bool': ((bool, np.bool_), 'true or false'),
+             'str': (str, 'text')}
     for sec in fields(cfg):
         part = getattr(cfg, sec.name)
         for f in fields(part):
-            v, ty = getattr(part, f.name), str(f.type)
-            opt = ty.startswith('Optional[')
-            base = ty[len('Optional['):-1] if opt else ty
+            v, (base, opt) = getattr(part, f.name), field_kind(f)
             if base not in kinds: continue
             name, (types, what) = f"{sec.name}.{f.name}", kinds[base]
             if v is None: _check(opt, name, f"must be set to {what}"); continue
             if base == 'str' and isinstance(v, (numbers.Real, os.PathLike)) and not isinstance(v, (bool, np.bool_)):
                 setattr(part, f.name, os.fspath(v) if isinstance(v, os.PathLike) else str(v)); continue
-            _check(isinstance(v, types) and (base == 'bool' or not isinstance(v, (bool, np.bool_))), name, f"expected {what}, got {v!r}")
+            _check(isinstance(v, types) and (base == 'bool' or not isinstance(v, (bool, np.bool_))), name,
+                   f"expected {what}, got {v!r}")
 
 @dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    method: MethodConfig = field(default_factory=MethodConfig)
+    method: MethodHP = field(default_factory=lambda: method_class('sup').HP())   # the chosen method's options
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def check(self):
@@ -234,33 +224,7 @@ class Config:
         _one_of(m.arch, ARCHS, 'model.arch')
         _check(m.output_stride in (8, 16), 'model.output_stride', f"must be 8 or 16, got {m.output_stride}")
         _check(m.decoder_channels >= 1, 'model.decoder_channels', f"must be >= 1, got {m.decoder_channels}")
-        _one_of(me.name, METHODS, 'method.name')
-        _check(0.0 <= me.conf_thresh <= 1.0, 'method.conf_thresh', f"tau must be in [0, 1], got {me.conf_thresh}")
-        _check(0.0 <= me.ema_momentum < 1.0, 'method.ema_momentum', f"must be in [0, 1), got {me.ema_momentum}")
-        _one_of(me.cutmix, ('mkd', 'unimatch', 'classmix', 'none'), 'method.cutmix')
-        _one_of(me.cutmix_boxes, ('code', 'wide'), 'method.cutmix_boxes')
-        _check(me.schedule_from in (0, 1), 'method.schedule_from', f"must be 0 or 1, got {me.schedule_from}")
-        for k, vals in (('sup_logits', ('raw', 'augmented')), ('conf_source', ('raw', 'augmented')), ('pseudo_norm', ('kept', 'valid')),
-                        ('stats_at', ('loss', 'features')), ('stats_updates', ('twice', 'once')), ('teacher_stats_on', ('mixed', 'weak'))):
-            _one_of(getattr(me, k), vals, f'method.{k}')
-        _one_of(me.teacher_bn_mode, ('train', 'eval'), 'method.teacher_bn_mode')
-        _one_of(me.cps_targets, ('unmixed', 'mixed'), 'method.cps_targets')
-        _check(me.cps_targets == 'mixed' or me.name == 'cps', 'method.cps_targets', f"unmixed CPS targets are an option of cps only; {me.name} would ignore it")
-        _one_of(me.eval_net, ('student1', 'teacher1', 'teachers'), 'method.eval_net')
-        for part in me.feature_aug_on.split(','):
-            _one_of(part.strip(), ('students', 'teachers'), 'method.feature_aug_on')
-        _one_of(me.scl_region, ('grid', 'boxes', 'sample'), 'method.scl_region')
-        _check(me.scl_weight >= 0, 'method.scl_weight', f"must be >= 0, got {me.scl_weight}")
-        _check(me.scl_weight == 0 or me.name in ('mt', 'mkd'), 'method.scl_weight', f"SCL is an extra term of mt and mkd, not {me.name}")
-        _check(me.loss_stride in (1, 2, 4, 8), 'method.loss_stride', f"must be 1, 2, 4 or 8, got {me.loss_stride}")
-        _check(0 <= me.fp_dropout < 1, 'method.fp_dropout', f"must be in [0, 1), got {me.fp_dropout}")
-        _check(me.name != 'mgd' or (me.teacher_deep and me.teacher_wide), 'method.teacher_deep', "mgd needs --teacher-deep and --teacher-wide checkpoints")
-        _check(me.name == 'mgd' or not (me.teacher_deep or me.teacher_wide), 'method.teacher_deep', f"teacher checkpoints are used by mgd only, not {me.name}")
-        for k in ('lambda_cross', 'lambda_cps', 'lambda_fa_max', 'lambda_img', 'lambda_region'):
-            _check(getattr(me, k) >= 0, f'method.{k}', f"must be >= 0, got {getattr(me, k)}")
-        for k in ('scl_grid', 'scl_samples'): _check(getattr(me, k) >= 1, f'method.{k}', f"must be >= 1, got {getattr(me, k)}")
-        _check(me.mgd_grid >= 1, 'method.mgd_grid', "must be >= 1")
-        _one_of(me.img_loss_norm, ('mean', 'sum'), 'method.img_loss_norm')
+        me.check()
         _check(t.iters >= 1, 'train.iters', f"must be positive, got {t.iters}")
         _check(t.eval_every >= 1, 'train.eval_every', f"must be positive, got {t.eval_every}")
         _check(t.log_every >= 1, 'train.log_every', f"must be positive, got {t.log_every}")
@@ -288,46 +252,98 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict):
-        "Build from a (possibly partial) nested dict; unknown names are refused."
-        parts = {f.name: f.type for f in fields(cls)}
+        "Build from a (possibly partial) nested dict; unknown names are refused; old files read as they ran."
         kw = {}
         for k, v in (d or {}).items():
-            if k not in parts: raise ConfigError(k, f"unknown section; valid: {', '.join(parts)}")
-            sub = {'data': DataConfig, 'model': ModelConfig, 'method': MethodConfig, 'train': TrainConfig}[k]
-            names = {f.name for f in fields(sub)}
+            if k not in _SECTIONS and k != 'method':
+                raise ConfigError(k, f"unknown section; valid: {', '.join(f.name for f in fields(cls))}")
+            if k == 'method':
+                name = v.get('name', 'sup')
+                kw[k] = method_class(name).HP(name=name, **_method_values(name, v))
+                continue
+            names = {f.name for f in fields(_SECTIONS[k])}
             bad = set(v) - names
             if bad: raise ConfigError(f"{k}.{sorted(bad)[0]}", f"unknown option; valid: {', '.join(sorted(names))}")
-            kw[k] = sub(**v)
+            kw[k] = _SECTIONS[k](**v)
         return cls(**kw)
 
     @classmethod
     def from_json(cls, path): return cls.from_dict(json.loads(Path(path).read_text()))
 
-# %% ../nbs/00_core.ipynb #5040fda8
-_SECTIONS = {'data': DataConfig, 'model': ModelConfig, 'method': MethodConfig, 'train': TrainConfig}
+_SECTIONS = {'data': DataConfig, 'model': ModelConfig, 'train': TrainConfig}   # and 'method': the chosen method's HP
 _FIELD_SECTION = {}
 for _s, _c in _SECTIONS.items():
     for _f in fields(_c):
         _FIELD_SECTION.setdefault(_f.name, []).append(_s)
 
+# %% ../nbs/00_core.ipynb #1957eb31
+# Files written before each method had its own options held one union of every method's options (`MethodConfig`), with
+# these defaults, and a few values per method over them (`METHOD_DEFAULTS`). Frozen: they say what an old file meant.
+_UNION_DEFAULTS = dict(
+    conf_thresh=0.0, cutmix='mkd', cutmix_boxes='wide', pseudo_on_labeled=True, pseudo_void=False, loss_stride=1,
+    schedule_from=0, sup_logits='augmented', conf_source='augmented', pseudo_norm='valid', stats_at='features',
+    stats_updates='once', teacher_stats_on='weak', ema_momentum=0.6, ema_buffers=False, teacher_bn_mode='train',
+    lambda_cross=1.5, lambda_cps=1.0, cps_targets='mixed', mutual=True, lean_passes=True, eval_net='student1',
+    feature_aug=True, feature_aug_on='students,teachers', lambda_fa_max=1.5, scl_weight=0.0, scl_region='grid',
+    scl_grid=32, scl_samples=1024, fp_dropout=0.5, halve_loss=True, teacher_deep=None, teacher_wide=None,
+    lambda_img=0.084, img_loss_norm='mean', lambda_region=100.0, mgd_grid=7, use_pixel=True, use_img=True, use_region=True)
+_UNION_PER_METHOD = {
+    'mt': dict(ema_momentum=0.99, ema_buffers=True, teacher_bn_mode='eval', cutmix_boxes='code'),
+    'cps': dict(lambda_cps=1.5, cps_targets='unmixed', cutmix_boxes='code'),
+    'unimatch': dict(conf_thresh=0.95, cutmix='unimatch'),
+    'mkd': dict(cutmix_boxes='code', pseudo_void=True, loss_stride=8, lean_passes=False, schedule_from=1, sup_logits='raw',
+                conf_source='raw', pseudo_norm='kept', stats_at='loss', stats_updates='twice', teacher_stats_on='mixed'),
+    'mgd': dict(teacher_bn_mode='eval', cutmix_boxes='code', pseudo_void=True)}
+
+def _no_option(method: str, option: str) -> ConfigError:
+    "The error for an option that `method` does not have, with the closest of its own or the methods that have it."
+    import difflib
+    own = method_options(method)
+    others = [m for m in METHOD_REGISTRY if m != method and option in method_options(m)]
+    close = difflib.get_close_matches(option, own + list(_FIELD_SECTION), 1, 0.6)
+    hint = (f" (did you mean `{close[0]}`?)" if close else '')
+    hint += f"; it is an option of {', '.join(others)}" if others else ''
+    return ConfigError(f'method.{option}', f"{method} has no option {option}{hint}; its options: {', '.join(own) or 'none'}")
+
+def _method_values(method: str, values: dict) -> dict:
+    "The options in a stored method section for `method`'s HP; a file of the one-union era is read as it ran."
+    own = method_options(method)
+    values = {k: v for k, v in values.items() if k != 'name'}
+    extra = [k for k in values if k not in own]
+    if not any(k in _UNION_DEFAULTS for k in extra):   # written by this version or by hand: each name must be an option
+        if extra: raise _no_option(method, extra[0])
+        return values
+    old = dict(_UNION_DEFAULTS, **_UNION_PER_METHOD.get(method, {}))
+    for k in extra:
+        if k not in _UNION_DEFAULTS: raise _no_option(method, k)
+        if values[k] not in (_UNION_DEFAULTS[k], old[k]):
+            raise ConfigError(f'method.{k}', f"the file gives {method} {k}={values[k]!r}, but {method} has no such "
+                                             f"option (it never read it): set it to {old[k]!r} or delete it to load the file")
+    # a field the old file predates ran with the union's default, as this file's run did
+    return {k: values[k] if k in values else _UNION_DEFAULTS[k] for k in own if k in values or k in _UNION_DEFAULTS}
+
+# %% ../nbs/00_core.ipynb #5040fda8
 def make_config(method: str = 'sup', check=True, **kw) -> Config:
     "A `Config` for `method` with its defaults, overridden by `kw` (flat names like `iters` or dotted like `train.iters`)."
-    _one_of(method, METHODS, 'method.name')
-    d = {s: {} for s in _SECTIONS}
-    d['method'].update(METHOD_DEFAULTS[method], name=method)
+    import difflib
+    cls = method_class(method)
+    own = method_options(method)
+    d = {'data': dict(getattr(cls, 'data_defaults', {})), 'model': {}, 'method': {'name': method}, 'train': {}}
     for k, v in kw.items():
         k = k.replace('-', '_')
         if '.' in k: sec, name = k.split('.', 1)
         else:
-            secs = _FIELD_SECTION.get(k)
+            secs = _FIELD_SECTION.get(k, []) + (['method'] if k in own else [])
             if not secs:
-                import difflib
-                close = difflib.get_close_matches(k, _FIELD_SECTION, 1, 0.6)
+                if any(k in method_options(m) for m in METHOD_REGISTRY): raise _no_option(method, k)
+                valid = sorted(list(_FIELD_SECTION) + own)
+                close = difflib.get_close_matches(k, valid, 1, 0.6)
                 hint = f" (did you mean `{close[0]}`?)" if close else ''
-                raise ConfigError(k, f"unknown option{hint}; valid: {', '.join(sorted(_FIELD_SECTION))}")
+                raise ConfigError(k, f"unknown option{hint}; valid: {', '.join(valid)}")
             if len(secs) > 1: raise ConfigError(k, f"ambiguous, say one of {', '.join(s + '.' + k for s in secs)}")
             sec, name = secs[0], k
-        if sec not in _SECTIONS: raise ConfigError(k, f"unknown section {sec!r}")
+        if sec not in d: raise ConfigError(k, f"unknown section {sec!r}")
+        if sec == 'method' and name not in own: raise _no_option(method, name)
         d[sec][name] = v
     cfg = Config.from_dict(d)
     return cfg.check() if check else cfg
@@ -385,6 +401,7 @@ def _hyphen_flags(argv):
 
 def cli_parser(func, prog: Optional[str] = None, nargs: Optional[dict] = None):
     "fastcore's parser for `func`, with hyphenated flags (`--num-classes`) and `nargs` per argument name."
+    if getattr(func, 'make_parser', None): return func.make_parser()   # a command whose flags are generated
     from fastcore.script import anno_parser
     p = anno_parser(func, prog=prog or getattr(func, '__name__', '').replace('_', '-'))
     for a in list(p._actions):

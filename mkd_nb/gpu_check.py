@@ -11,10 +11,12 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .core import METHODS, ConfigError, make_config
+from .core import METHOD_REGISTRY, ConfigError, make_config
+
+METHODS = tuple(METHOD_REGISTRY)   # the built-in methods, registered as the package loads
 
 # %% auto #0
-__all__ = ['NO_CUDA', 'BENCH_RECIPES', 'SKIP_CUDA', 'CHECK_SIZES', 'BENCH_FIRST', 'FP32_REL_TOL', 'BF16_REL_TOL',
+__all__ = ['METHODS', 'NO_CUDA', 'BENCH_RECIPES', 'SKIP_CUDA', 'CHECK_SIZES', 'BENCH_FIRST', 'FP32_REL_TOL', 'BF16_REL_TOL',
            'MIN_TREND_ITERS', 'PARTS', 'bench_plan', 'TimeBox', 'time_box', 'Part', 'report_counts', 'render_report_md',
            'write_report', 'Context', 'run_part', 'falls', 'amp_run', 'check_amp', 'check_overflow',
            'check_distributed', 'exact_fp32', 'check_channels_last', 'check_compile', 'bench_config', 'check_bench',
@@ -372,9 +374,9 @@ def check_compile(part: Part, ctx: Context, net: dict, steps: int, rounds: int):
 # %% ../nbs/14_gpu_check.ipynb #b5f4aba8
 def bench_config(recipe: str, world: int, method: str, ctx: Context, shrink: Optional[dict] = None, teachers=None):
     "(config, classes) of `method` at `recipe` on `world` GPUs, random init and synthetic data; `shrink` overrides sizes."
-    from mkd_nb.train import recipe_config, RECIPES
+    from mkd_nb.train import recipe_config, recipe_values
     from mkd_nb.data import VOC_INFO, CITYSCAPES_INFO
-    classes = {'voc': VOC_INFO, 'cityscapes': CITYSCAPES_INFO}[RECIPES[recipe]['cfg']['dataset']].num_classes
+    classes = {'voc': VOC_INFO, 'cityscapes': CITYSCAPES_INFO}[recipe_values(recipe)['dataset']].num_classes
     kw = dict(iters=1000, encoder_weights=None, dataset='synthetic', device=str(ctx.device), **(shrink or {}))
     if method == 'mgd':   # the student's network is the recipe's, whatever the method
         model = recipe_config(recipe, 'sup', world=world, **kw).model

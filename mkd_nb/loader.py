@@ -168,7 +168,7 @@ def val_loader(ds, batch_size: int = 1, workers: int = 0) -> DataLoader:
 
 # %% ../nbs/03_loader.ipynb #08b63c28
 from pathlib import Path
-from .core import Config, ConfigError
+from .core import Config, ConfigError, method_class
 from .data import (get_dataset, SyntheticScenes, make_split, read_split, split_checksum, check_dataset, drop_bad,
                          DataError, with_unlabeled, unlabeled_ids, folder_has_split, hold_out)
 
@@ -234,7 +234,7 @@ def build_data(cfg: Config, log=None) -> dict:
     if not lab_ids: raise DataError(d.split_dir or d.root, "the labeled split is empty")
     overlap = set(lab_ids) & set(unl_ids)
     if overlap: raise DataError(d.split_dir, f"{len(overlap)} images are both labeled and unlabeled, e.g. {sorted(overlap)[0]}")
-    if cfg.method.name != 'sup' and not unl_ids:
+    if method_class(cfg.method.name).needs_unlabeled and not unl_ids:
         raise ConfigError('data.labeled', f"method {cfg.method.name} needs unlabeled images but the split leaves none "
                                           f"({len(lab_ids)} of {len(train)} labeled): label fewer (--labeled 1/8), add images "
                                           "without masks, or use --method sup")

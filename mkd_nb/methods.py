@@ -5,6 +5,7 @@
 # %% ../nbs/08_methods.ipynb #a740c387
 from __future__ import annotations
 import math
+from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -17,14 +18,14 @@ from .feature_aug import ClassStats, isda_logits, cosine_ramp, labels_at
 from .losses import ce_loss, pseudo_labels, pseudo_ce, structured_consistency
 
 # %% auto #0
-__all__ = ['METHOD_CLASSES', 'mix_variant', 'draw_mix', 'Method', 'Supervised', 'toy_batch', 'scl_term', 'MeanTeacher',
-           'cross_ce', 'CPS', 'UniMatch', 'resize_to', 'decoder_maps', 'MKD', 'register_method', 'build_method',
-           'show_step']
+__all__ = ['mix_variant', 'draw_mix', 'MixHP', 'ThresholdHP', 'TeacherHP', 'EMAHP', 'SCLHP', 'Method', 'Supervised', 'toy_batch',
+           'scl_term', 'MeanTeacherHP', 'MeanTeacher', 'cross_ce', 'CPSHP', 'CPS', 'UniMatchHP', 'UniMatch',
+           'resize_to', 'decoder_maps', 'MKDHP', 'MKD', 'build_method', 'show_step']
 
 # %% ../nbs/08_methods.ipynb #7f893ee3
-def mix_variant(opt) -> str:
-    "The mixing `draw_mix` uses for a method's options: `cutmix`, with MKD's boxes as `cutmix_boxes` says."
-    return 'mkd-wide' if opt.cutmix == 'mkd' and opt.cutmix_boxes == 'wide' else opt.cutmix
+def mix_variant(hp) -> str:
+    "The mixing `draw_mix` uses for a method's options (`MixHP`): `cutmix`, with MKD's boxes as `cutmix_boxes` says."
+    return 'mkd-wide' if hp.cutmix == 'mkd' and hp.cutmix_boxes == 'wide' else hp.cutmix
 
 def draw_mix(unl: dict, variant: str, labels=None):
     "A mixing mask (True = from the partner) and partner permutation for the unlabeled batch."
@@ -36,12 +37,74 @@ def draw_mix(unl: dict, variant: str, labels=None):
     return cutmix_masks(n, h, w, variant=variant, device=x.device), perm
 
 # %% ../nbs/08_methods.ipynb #57697486
+@dataclass
+class MixHP(MethodHP):
+    "Options of the methods that mix unlabeled images: how, and at which resolution their unsupervised losses are."
+    cutmix: str = 'mkd'            # 'mkd' (3 XOR boxes, see cutmix_boxes), 'unimatch' (1 box 2-40 %, p=0.5), 'classmix', 'none'
+    cutmix_boxes: str = 'wide'     # cutmix='mkd': 'code' (each box p/3 of the crop, p~U(.25,.5), partner OUTSIDE the boxes:
+                                   # MKD/CPS code) or 'wide' (each box p, partner inside: the workbook's first reading)
+    loss_stride: int = 1           # compute unsupervised losses at 1/loss_stride of the input (MKD code: 8)
+    def check(self):
+        super().check()
+        self.one_of('cutmix', ('mkd', 'unimatch', 'classmix', 'none'))
+        self.one_of('cutmix_boxes', ('code', 'wide'))
+        self.require(self.loss_stride in (1, 2, 4, 8), 'loss_stride', f"must be 1, 2, 4 or 8, got {self.loss_stride}")
+        return self
+
+@dataclass
+class ThresholdHP(MethodHP):
+    "The confidence a pseudo-label needs."
+    conf_thresh: float = 0.0       # tau; MKD code: none (0.0), MKD paper: 0.95, UniMatch: 0.95
+    def check(self):
+        super().check()
+        self.require(0.0 <= self.conf_thresh <= 1.0, 'conf_thresh', f"tau must be in [0, 1], got {self.conf_thresh}")
+        return self
+
+@dataclass
+class TeacherHP(MethodHP):
+    "How teacher networks normalise their batches."
+    teacher_bn_mode: str = 'train' # MKD code: teachers in train mode (batch statistics); 'eval' uses running stats
+    def check(self):
+        super().check()
+        self.one_of('teacher_bn_mode', ('train', 'eval'))
+        return self
+
+@dataclass
+class EMAHP(TeacherHP):
+    "Teachers that follow their students as an exponential moving average (05_ema)."
+    ema_momentum: float = 0.6      # m_end; MKD code 0.6, common practice (Mean Teacher, UniMatch V2) 0.99-0.999
+    ema_buffers: bool = False      # MKD code: parameters only; common practice copies BN buffers too
+    schedule_from: int = 0         # index of the first step for the EMA momentum and the lambda ramp (MKD code: 1)
+    def check(self):
+        super().check()
+        self.require(0.0 <= self.ema_momentum < 1.0, 'ema_momentum', f"must be in [0, 1), got {self.ema_momentum}")
+        self.require(self.schedule_from in (0, 1), 'schedule_from', f"must be 0 or 1, got {self.schedule_from}")
+        return self
+
+@dataclass
+class SCLHP(MethodHP):
+    "Structured consistency (SCL, 07_losses), an extra term between a student and its teacher on the mixed view."
+    scl_weight: float = 0.0        # 0 disables
+    scl_region: str = 'grid'       # 'grid' (pool to scl_grid x scl_grid), 'boxes' (CutMix boxes), 'sample' (random pixels)
+    scl_grid: int = 32
+    scl_samples: int = 1024
+    def check(self):
+        super().check()
+        self.require(self.scl_weight >= 0, 'scl_weight', f"must be >= 0, got {self.scl_weight}")
+        self.one_of('scl_region', ('grid', 'boxes', 'sample'))
+        for k in ('scl_grid', 'scl_samples'):
+            self.require(getattr(self, k) >= 1, k, f"must be >= 1, got {getattr(self, k)}")
+        return self
+
 class Method(nn.Module):
     "Base of all methods: owns networks and schedules; `step` computes losses, `after_step` updates teachers."
     name = 'base'
+    HP = MethodHP                  # the options it reads: a dataclass of MethodHP (and the groups above)
+    needs_unlabeled = True         # False: `step` gets no unlabeled batch, and a split may label every image
+    data_defaults = {}             # data options the method changes unless the caller sets them (make_config)
     def __init__(self, cfg: Config, num_classes: int):
         super().__init__()
-        self.cfg, self.opt, self.num_classes = cfg, cfg.method, num_classes
+        self.cfg, self.hp, self.num_classes = cfg, cfg.method, num_classes
         self.total_iters = cfg.train.iters
         self.register_buffer('iteration', torch.zeros((), dtype=torch.long))  # schedules follow this, so resume restores them
 
@@ -63,23 +126,26 @@ class Method(nn.Module):
 
     @torch.no_grad()
     def after_step(self):
-        "EMA-update each teacher from its student, then advance the schedules."
-        m = ema_momentum(self.t + self.opt.schedule_from, self.opt.ema_momentum)
-        for t, s in zip(self.teachers(), self.students()): ema_update(t, s, m, buffers=self.opt.ema_buffers)
+        "EMA-update each teacher from its student (`EMAHP`'s options), then advance the schedules."
+        pairs = list(zip(self.teachers(), self.students()))
+        if pairs:
+            momentum = ema_momentum(self.t + self.hp.schedule_from, self.hp.ema_momentum)
+            for teacher, student in pairs: ema_update(teacher, student, momentum, buffers=self.hp.ema_buffers)
         self.iteration += 1
 
     def train(self, mode: bool = True):
         super().train(mode)
-        for t in self.teachers(): set_teacher_mode(t, self.opt.teacher_bn_mode if mode else 'eval')
+        for t in self.teachers(): set_teacher_mode(t, self.hp.teacher_bn_mode if mode else 'eval')
         return self
 
     @property
-    def loss_stride(self): return self.opt.loss_stride
+    def loss_stride(self): return self.hp.loss_stride
 
 # %% ../nbs/08_methods.ipynb #a5a5db8f
+@register_method
 class Supervised(Method):
     "Cross-entropy on the labeled batch only."
-    name = 'sup'
+    name, needs_unlabeled = 'sup', False   # reads no option: the registry gives it an empty HP
     def __init__(self, cfg, num_classes):
         super().__init__(cfg, num_classes)
         self.net = self.new_net()
@@ -102,15 +168,24 @@ def toy_batch(n=2, nu=2, size=32, num_classes=3, seed=0):
     return lab, unl
 
 # %% ../nbs/08_methods.ipynb #55dc2e83
-def scl_term(opt, s_logits, t_logits, mix_mask):
-    "SCL between student and (detached) teacher probabilities on the mixed view, per `opt.scl_*`."
-    boxes = labels_at(mix_mask.long(), s_logits.shape[-2:]).bool() if opt.scl_region == 'boxes' else None
-    return structured_consistency(s_logits.softmax(1), t_logits.detach().softmax(1), region=opt.scl_region,
-                                  grid=opt.scl_grid, boxes=boxes, samples=opt.scl_samples)
+def scl_term(hp, s_logits, t_logits, mix_mask):
+    "SCL between student and (detached) teacher probabilities on the mixed view, per `hp.scl_*` (`SCLHP`)."
+    boxes = labels_at(mix_mask.long(), s_logits.shape[-2:]).bool() if hp.scl_region == 'boxes' else None
+    return structured_consistency(s_logits.softmax(1), t_logits.detach().softmax(1), region=hp.scl_region,
+                                  grid=hp.scl_grid, boxes=boxes, samples=hp.scl_samples)
 
+@dataclass
+class MeanTeacherHP(SCLHP, EMAHP, ThresholdHP, MixHP):
+    "Mean Teacher's options: its paper's slow teacher (0.99, buffers copied, eval-mode BN), the MKD/CPS code's boxes."
+    cutmix_boxes: str = 'code'
+    ema_momentum: float = 0.99
+    ema_buffers: bool = True
+    teacher_bn_mode: str = 'eval'
+
+@register_method
 class MeanTeacher(Method):
     "Mean Teacher with CutMix: EMA teacher on the weak view -> student on the mixed strong view."
-    name = 'mt'
+    name, HP = 'mt', MeanTeacherHP
     def __init__(self, cfg, num_classes):
         super().__init__(cfg, num_classes)
         self.student = self.new_net(); self.teacher = make_teacher(self.student)
@@ -119,7 +194,7 @@ class MeanTeacher(Method):
     def passes(self, nl, nu): return [(self.teacher, nu, False, 0.0), (self.student, nl + nu, True, 0.0)]
 
     def step(self, lab, unl):
-        o, s, nl = self.opt, self.loss_stride, len(lab['img'])
+        o, s, nl = self.hp, self.loss_stride, len(lab['img'])
         with torch.no_grad(): t_w = self.teacher(unl['weak'], out_stride=s)
         m, perm = draw_mix(unl, mix_variant(o), t_w.argmax(1))
         x_mix, = mix(m, perm, unl['strong1'])
@@ -140,19 +215,33 @@ def cross_ce(a, b, valid):
     yb = torch.where(valid, b.detach().argmax(1), IGNORE_INDEX)
     return pseudo_ce(a, yb, valid) + pseudo_ce(b, ya, valid)
 
+@dataclass
+class CPSHP(MixHP):
+    "CPS's options: its paper's weight (VOC) and its code's targets and box generator."
+    cutmix_boxes: str = 'code'     # the CPS code's boxes (MKD's code took them from it)
+    lambda_cps: float = 1.5        # weight of the cross pseudo supervision; CPS paper (VOC) and code 1.5
+    cps_targets: str = 'unmixed'   # 'unmixed' = the other student's no-grad logits on the unmixed weak view, mixed with the
+                                   # same mask (CPS code); 'mixed' = its argmax on the mixed image itself (MKD's CPS term)
+    def check(self):
+        super().check()
+        self.one_of('cps_targets', ('unmixed', 'mixed'))
+        self.require(self.lambda_cps >= 0, 'lambda_cps', f"must be >= 0, got {self.lambda_cps}")
+        return self
+
+@register_method
 class CPS(Method):
     "Cross pseudo supervision between two students on the mixed strong view."
-    name = 'cps'
+    name, HP = 'cps', CPSHP
     def __init__(self, cfg, num_classes):
         super().__init__(cfg, num_classes)
         self.s1, self.s2 = self.new_net(0), self.new_net(1)
     def students(self): return [self.s1, self.s2]
     def passes(self, nl, nu):
-        targets = [(self.s1, nu, False, 0.0), (self.s2, nu, False, 0.0)] if self.opt.cps_targets == 'unmixed' else []
+        targets = [(self.s1, nu, False, 0.0), (self.s2, nu, False, 0.0)] if self.hp.cps_targets == 'unmixed' else []
         return targets + [(self.s1, nl + nu, True, 0.0), (self.s2, nl + nu, True, 0.0)]
 
     def step(self, lab, unl):
-        o, s, nl = self.opt, self.loss_stride, len(lab['img'])
+        o, s, nl = self.hp, self.loss_stride, len(lab['img'])
         m, perm = draw_mix(unl, mix_variant(o) if o.cutmix != 'classmix' else ('mkd' if o.cutmix_boxes == 'code' else 'mkd-wide'))
         x_mix, v_mix, gt_mix = mix(m, perm, unl['strong1'], unl['valid'], unl['gt'])
         if o.cps_targets == 'unmixed':   # each student labels the unmixed weak view; its logits are mixed like the images
@@ -169,17 +258,30 @@ class CPS(Method):
                 'pseudo': (pl2, labels_at(gt_mix, v.shape[-2:])), 'mixed': x_mix.detach()}
 
 # %% ../nbs/08_methods.ipynb #07216911
+@dataclass
+class UniMatchHP(ThresholdHP, MixHP):
+    "UniMatch's options: its code's threshold, box and feature perturbation."
+    cutmix: str = 'unimatch'
+    conf_thresh: float = 0.95
+    fp_dropout: float = 0.5        # Dropout2d on encoder features for the feature-perturbation stream
+    halve_loss: bool = True        # UniMatch code: the whole loss / 2 (half the step of the other methods at one LR)
+    def check(self):
+        super().check()
+        self.require(0 <= self.fp_dropout < 1, 'fp_dropout', f"must be in [0, 1), got {self.fp_dropout}")
+        return self
+
+@register_method
 class UniMatch(Method):
     "Weak->strong consistency with two strong views and feature perturbation."
-    name = 'unimatch'
+    name, HP = 'unimatch', UniMatchHP
     def __init__(self, cfg, num_classes):
         super().__init__(cfg, num_classes)
         self.net = self.new_net()
     def students(self): return [self.net]
-    def passes(self, nl, nu): return [(self.net, nl + nu, True, self.opt.fp_dropout), (self.net, 2 * nu, True, 0.0)]
+    def passes(self, nl, nu): return [(self.net, nl + nu, True, self.hp.fp_dropout), (self.net, 2 * nu, True, 0.0)]
 
     def step(self, lab, unl):
-        o, s, nl = self.opt, self.loss_stride, len(lab['img'])
+        o, s, nl = self.hp, self.loss_stride, len(lab['img'])
         preds, preds_fp = self.net(torch.cat([lab['img'], unl['weak']]), out_stride=s, fp_dropout=o.fp_dropout)
         p_x, p_w, p_fp = preds[:nl], preds[nl:].detach(), preds_fp[nl:]
         valid = labels_at(unl['valid'].long(), p_w.shape[-2:]).bool()
@@ -210,32 +312,76 @@ def decoder_maps(net: SegNet, x: torch.Tensor) -> tuple:
     z = z[..., :h, :w]
     return net.classify(z), z
 
+@dataclass
+class MKDHP(SCLHP, EMAHP, ThresholdHP, MixHP):
+    "MKD's options: each term-by-term choice defaults to the code's value (the other: the workbook's first reading)."
+    cutmix_boxes: str = 'code'
+    loss_stride: int = 8
+    schedule_from: int = 1
+    pseudo_on_labeled: bool = True # MKD code applies the pseudo-label terms to labeled+unlabeled images
+    pseudo_void: bool = True       # True keeps void/padding pixels of labeled images in the pseudo-label terms (code)
+    sup_logits: str = 'raw'        # supervised CE on 'raw' logits at input resolution (code) or 'augmented' ones at the loss stride
+    conf_source: str = 'raw'       # tau > 0: confidence from the teacher's 'raw' logits (code) or its 'augmented' ones
+    pseudo_norm: str = 'kept'      # mutual CE averaged over the pixels that pass tau ('kept', code) or over all 'valid' ones
+    stats_at: str = 'loss'         # class statistics from features at the 'loss' resolution (code) or the decoder's 'features'
+    stats_updates: str = 'twice'   # 'twice' per step and network (labeled, then unlabeled: code) or 'once' (the whole batch)
+    teacher_stats_on: str = 'mixed'  # teachers' maps mixed before statistics and downsampling ('mixed', code) or after ('weak')
+    lambda_cross: float = 1.5      # mutual term (teacher of the other branch); MKD code 1.5
+    lambda_cps: float = 1.0        # cross pseudo supervision between students; MKD code 1.0
+    mutual: bool = True            # False: each student is taught by its own teacher (ablation)
+    lean_passes: bool = False      # True: 6 forwards per step; False: the official 8 (teachers also on labeled images)
+    eval_net: str = 'student1'     # 'student1' (MKD code), 'teacher1', 'teachers' (average of the two teachers)
+    feature_aug: bool = True       # ISDA-style feature augmentation
+    feature_aug_on: str = 'students,teachers'  # MKD code: all four networks ('students+teachers' is the same)
+    lambda_fa_max: float = 1.5     # cosine ramp to this value over training
+
+    def __post_init__(self):
+        super().__post_init__()
+        if isinstance(self.feature_aug_on, str):   # one spelling, so that stored configs compare equal
+            self.feature_aug_on = ','.join(p.strip() for p in self.feature_aug_on.replace('+', ',').split(','))
+
+    def check(self):
+        super().check()
+        for k, vals in (('sup_logits', ('raw', 'augmented')), ('conf_source', ('raw', 'augmented')),
+                        ('pseudo_norm', ('kept', 'valid')), ('stats_at', ('loss', 'features')),
+                        ('stats_updates', ('twice', 'once')), ('teacher_stats_on', ('mixed', 'weak')),
+                        ('eval_net', ('student1', 'teacher1', 'teachers'))):
+            self.one_of(k, vals)
+        for part in self.feature_aug_on.split(','):
+            self.require(part in ('students', 'teachers'), 'feature_aug_on',
+                         f"unknown value {part!r}; valid: students, teachers (both: students+teachers)")
+        for k in ('lambda_cross', 'lambda_cps', 'lambda_fa_max'):
+            self.require(getattr(self, k) >= 0, k, f"must be >= 0, got {getattr(self, k)}")
+        return self
+
+@register_method
 class MKD(Method):
     "Mutual knowledge distillation: two students, two EMA teachers, cross-branch pseudo-labels, CPS, feature augmentation."
-    name = 'mkd'
+    name, HP = 'mkd', MKDHP
+    data_defaults = dict(weak_photometric=True)   # the code's photometric distortion of labeled images, weak views
     def __init__(self, cfg, num_classes):
         super().__init__(cfg, num_classes)
         self.s1, self.s2 = self.new_net(0), self.new_net(1)
         self.t1, self.t2 = make_teacher(self.s1), make_teacher(self.s2)
-        on = {p.strip() for p in self.opt.feature_aug_on.split(',')} if self.opt.feature_aug else set()
+        on = {p.strip() for p in self.hp.feature_aug_on.split(',')} if self.hp.feature_aug else set()
         self.fa_students, self.fa_teachers = 'students' in on, 'teachers' in on
         self.stats = nn.ModuleList([ClassStats(num_classes, self.s1.feat_dim) for _ in range(4)])  # S1, S2, T1, T2
         self.last = {}   # the last step's network maps, mask and targets (for figures and the replay tests)
 
     def students(self): return [self.s1, self.s2]
     def teachers(self): return [self.t1, self.t2]
-    def eval_nets(self): return {'student1': [self.s1], 'teacher1': [self.t1], 'teachers': [self.t1, self.t2]}[self.opt.eval_net]
+    def eval_nets(self): return {'student1': [self.s1], 'teacher1': [self.t1], 'teachers': [self.t1, self.t2]}[self.hp.eval_net]
     def passes(self, nl, nu):
-        tn = nu if self.opt.lean_passes else nl + nu
+        tn = nu if self.hp.lean_passes else nl + nu
         return [(self.t1, tn, False, 0.0), (self.t2, tn, False, 0.0), (self.s1, nl + nu, True, 0.0), (self.s2, nl + nu, True, 0.0)]
     @property
-    def lam(self): return cosine_ramp(self.t + self.opt.schedule_from, self.total_iters, self.opt.lambda_fa_max)
+    def lam(self): return cosine_ramp(self.t + self.hp.schedule_from, self.total_iters, self.hp.lambda_fa_max)
 
     def stats_feats(self, z, size):
         "Features the class statistics see: resized to the loss resolution when that is coarser (`stats_at='loss'`), else as decoded."
         s = self.loss_stride
         coarser = math.ceil(size[0] / s) < z.shape[-2]
-        return resize_to(z, size, s) if self.opt.stats_at == 'loss' and coarser else z
+        return resize_to(z, size, s) if self.hp.stats_at == 'loss' and coarser else z
 
     def augment(self, k, net, logits, z, y, nl=0):
         "Feature-augment network k's logits with labels y (255 = leave alone); statistics updated first, per part when 'twice'."
@@ -243,13 +389,13 @@ class MKD(Method):
         def one(lo, zz, yy):
             self.stats[k].update(zz.detach().float(), labels_at(yy, zz.shape[-2:]))
             return isda_logits(lo, yy, W, self.stats[k].var, self.lam)
-        if self.opt.stats_updates == 'twice' and 0 < nl < len(y):   # labeled first; its logits see the state after that update
+        if self.hp.stats_updates == 'twice' and 0 < nl < len(y):   # labeled first; its logits see the state after that update
             return torch.cat([one(logits[:nl], z[:nl], y[:nl]), one(logits[nl:], z[nl:], y[nl:])])
         return one(logits, z, y)
 
     def teacher_targets(self, k, net, maps, m, perm, y_lab, nl, size):
         "Teacher k's (augmented, raw) logits at the loss resolution; the unlabeled part mixed like the student's input."
-        o, s = self.opt, self.loss_stride
+        o, s = self.hp, self.loss_stride
         L, Z = maps
         if o.teacher_stats_on == 'mixed':      # code: mix the decoder's maps first, then downsample, then statistics
             Lu, Zu = mix(m, perm, L[nl:], Z[nl:])
@@ -262,7 +408,7 @@ class MKD(Method):
         return aug, raw
 
     def step(self, lab, unl):
-        o, s, nl, nu = self.opt, self.loss_stride, len(lab['img']), len(unl['weak'])
+        o, s, nl, nu = self.hp, self.loss_stride, len(lab['img']), len(unl['weak'])
         lean, size = o.lean_passes, unl['weak'].shape[-2:]
         tl = 0 if lean else nl                                         # labeled images in the teachers' batch
         with torch.no_grad():                                          # teachers: weak view (official: labeled images too)
@@ -313,19 +459,9 @@ class MKD(Method):
                 'lam_fa': torch.tensor(self.lam), 'pseudo': (pl[1][-nu:], labels_at(gt_mix, ls)), 'mixed': x_mix.detach()}
 
 # %% ../nbs/08_methods.ipynb #eb07c0fa
-METHOD_CLASSES = {'sup': Supervised, 'mt': MeanTeacher, 'cps': CPS, 'unimatch': UniMatch, 'mkd': MKD}
-
-def register_method(cls):
-    "Add a method class (with a `name`) to the registry, e.g. from a later notebook."
-    METHOD_CLASSES[cls.name] = cls
-    return cls
-
 def build_method(cfg: Config, num_classes: int) -> Method:
-    "The method object `cfg.method.name` names."
-    name = cfg.method.name
-    if name not in METHOD_CLASSES:
-        raise ConfigError('method.name', f"unknown method {name!r}; valid: {', '.join(METHOD_CLASSES)}")
-    return METHOD_CLASSES[name](cfg, num_classes)
+    "The method object `cfg.method.name` names: any registered method (`register_method`, 00_core)."
+    return method_class(cfg.method.name)(cfg, num_classes)
 
 # %% ../nbs/08_methods.ipynb #d1988047
 def show_step(method: Method, lab: dict, unl: dict, out: dict | None = None, n: int = 2, palette=None):

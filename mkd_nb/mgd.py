@@ -5,6 +5,7 @@
 # %% ../nbs/08a_mgd.ipynb #8ef281f9
 from __future__ import annotations
 import hashlib, math, time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -16,10 +17,10 @@ from .augment import mix
 from .models import SegNet, load_checkpoint, eval_model_from_checkpoint, CheckpointError, param_count
 from .ema import set_teacher_mode
 from .losses import ce_loss, mgd_pixel_loss, mgd_image_loss, mgd_region_loss
-from .methods import Method, register_method, build_method, draw_mix, mix_variant, labels_at
+from .methods import Method, MixHP, TeacherHP, build_method, draw_mix, mix_variant, labels_at
 
 # %% auto #0
-__all__ = ['freeze_teacher', 'weights_fingerprint', 'load_teacher', 'MGD', 'mgd_figures', 'net_cost']
+__all__ = ['freeze_teacher', 'weights_fingerprint', 'load_teacher', 'MGDHP', 'MGD', 'mgd_figures', 'net_cost']
 
 # %% ../nbs/08a_mgd.ipynb #593a0d57
 def freeze_teacher(net: nn.Module) -> nn.Module:
@@ -59,12 +60,41 @@ def load_teacher(path, num_classes: int, role: str = 'deep') -> SegNet:
     return net
 
 # %% ../nbs/08a_mgd.ipynb #f7469c9c
+@dataclass
+class MGDHP(TeacherHP, MixHP):
+    "MGD's options: the two frozen teachers, the weights of the image and region levels, a switch per level (ablations)."
+    cutmix_boxes: str = 'code'
+    teacher_bn_mode: str = 'eval'
+    pseudo_void: bool = True       # True keeps void/padding pixels of labeled images in the pixel term (code)
+    teacher_deep: Optional[str] = None   # checkpoint of the deep teacher
+    teacher_wide: Optional[str] = None   # checkpoint of the wide teacher
+    lambda_img: float = 0.084      # lambda1 (image level) for img_loss_norm='mean': the code's 0.002 (VOC R18, a SUM over its
+                                   # per-GPU batch of 2 x 21 classes) x 2 x 21; see 07_losses
+    img_loss_norm: str = 'mean'    # 'mean' (/ batch x classes) or 'sum' (MGD code; then lambda_img = 0.002 VOC R18,
+                                   # 0.0005 VOC MBv2, 0.001 Cityscapes R18)
+    lambda_region: float = 100.0   # lambda2 (region level); MGD code VOC ResNet-18
+    mgd_grid: int = 7              # region pooling grid
+    use_pixel: bool = True         # the three levels, each switchable (ablations)
+    use_img: bool = True
+    use_region: bool = True
+
+    def check(self):
+        super().check()
+        self.require(self.teacher_deep and self.teacher_wide, 'teacher_deep',
+                     "mgd needs --teacher-deep and --teacher-wide checkpoints")
+        for k in ('lambda_img', 'lambda_region'):
+            self.require(getattr(self, k) >= 0, k, f"must be >= 0, got {getattr(self, k)}")
+        self.require(self.mgd_grid >= 1, 'mgd_grid', "must be >= 1")
+        self.one_of('img_loss_norm', ('mean', 'sum'))
+        return self
+
+@register_method
 class MGD(Method):
     "Multi-granularity distillation: one student, a frozen deep and a frozen wide teacher; pixel, image and region terms."
-    name = 'mgd'
+    name, HP = 'mgd', MGDHP
     def __init__(self, cfg: Config, num_classes: int):
         super().__init__(cfg, num_classes)
-        o = self.opt
+        o = self.hp
         self.student = self.new_net()
         self._frozen = {'deep': load_teacher(o.teacher_deep, num_classes, 'deep'),
                         'wide': load_teacher(o.teacher_wide, num_classes, 'wide')}
@@ -96,7 +126,7 @@ class MGD(Method):
                                                          f"this run was trained with ({src.get('path')}, weights {src.get('fingerprint')})")
 
     def passes(self, nl, nu):
-        o, ps = self.opt, []
+        o, ps = self.hp, []
         if o.use_pixel or o.cutmix == 'classmix': ps += [(self.deep, nl + nu, False, 0.0), (self.wide, nl + nu, False, 0.0)]
         if o.use_img: ps.append((self.deep, nu, False, 0.0))
         if o.use_region: ps.append((self.wide, nu, False, 0.0))
@@ -104,7 +134,7 @@ class MGD(Method):
 
     def parts(self, lab: dict, unl: dict) -> dict:
         "Every tensor one step uses: teacher outputs (no gradients), the mix, the student's logits and features."
-        o, s, nl = self.opt, self.loss_stride, len(lab['img'])
+        o, s, nl = self.hp, self.loss_stride, len(lab['img'])
         x_l, x_u = lab['img'], unl['weak']
         P = {}
         with torch.no_grad():
@@ -127,7 +157,7 @@ class MGD(Method):
 
     def terms(self, P: dict) -> dict:
         "The weighted loss terms of one step from `parts`."
-        o = self.opt
+        o = self.hp
         T = {'sup': ce_loss(P['s_l'], P['y_l'])}
         if o.use_pixel:
             T['pixel'] = (mgd_pixel_loss(P['s_mix'], [P['tw_mix'], P['td_mix']], P['v_mix'])
@@ -137,7 +167,7 @@ class MGD(Method):
         return T
 
     def step(self, lab, unl):
-        if unl is None: raise ValueError("mgd: needs an unlabeled batch (the Trainer gives one unless the method is 'sup')")
+        if unl is None: raise ValueError("mgd: needs an unlabeled batch (the Trainer gives one when needs_unlabeled)")
         P = self.parts(lab, unl)
         T = self.terms(P)
         out = {'loss': sum(T.values()), **{k: v.detach() for k, v in T.items()}, 'mixed': P['x_mix'].detach()}
@@ -148,8 +178,6 @@ class MGD(Method):
             agree = (P['td_mix'].argmax(1) == P['tw_mix'].argmax(1)) & P['v_mix']
             out['t_agree'] = agree.sum() / P['v_mix'].sum().clamp_min(1)
         return out
-
-register_method(MGD)
 
 # %% ../nbs/08a_mgd.ipynb #ef71283e
 def mgd_figures(method: MGD, lab: dict, unl: dict, i: int = 0, palette=None) -> dict:
@@ -181,7 +209,7 @@ def mgd_figures(method: MGD, lab: dict, unl: dict, i: int = 0, palette=None) -> 
         fig.tight_layout(); figs['image'] = fig
     if 'zw_mix' in P:   # region level: 49x49 self-similarities
         import torch.nn.functional as F
-        g = method.opt.mgd_grid
+        g = method.hp.mgd_grid
         def sim(f):
             v = F.normalize(F.adaptive_avg_pool2d(f[i:i + 1].float(), g).flatten(2), dim=1)[0]
             return (v.T @ v).cpu()

@@ -22,14 +22,14 @@ from .data import (get_dataset, SyntheticScenes, make_split, read_split, save_sp
 from .loader import SemiLoader, build_data
 from .models import save_checkpoint, load_checkpoint, Ensemble, CKPT_FORMAT, CheckpointError
 from .methods import build_method, Method
-import mkd_nb.mgd  # registers the 'mgd' method
 from .evaluate import evaluate, ConfusionMatrix
 
 # %% auto #0
-__all__ = ['RUN_FREE_FIELDS', 'RECIPES', 'effective_lr', 'lr_at', 'param_groups', 'amp_dtype', 'TrainingError',
+__all__ = ['RUN_FREE_FIELDS', 'RECIPE_PARTS', 'RECIPES', 'effective_lr', 'lr_at', 'param_groups', 'amp_dtype', 'TrainingError',
            'check_output_dir', 'check_finite', 'rng_state', 'set_rng_state', 'dist_env', 'init_distributed',
            'cleanup_distributed', 'all_average', 'sync_grads', 'fault_point', 'config_diff', 'smooth', 'Trainer',
-           'parse_overrides', 'recipe_config', 'mkd_train', 'launch_command', 'main']
+           'parse_overrides', 'recipe_values', 'recipe_config', 'train_flags', 'train_parser', 'config_file_fields',
+           'mkd_train', 'launch_command', 'main']
 
 # %% ../nbs/10_train.ipynb #8236a858
 def effective_lr(t: TrainConfig, total_batch: int) -> float:
@@ -178,9 +178,11 @@ RUN_FREE_FIELDS = {'train': {'resume', 'out', 'threads', 'device', 'eval_batch_s
 
 def config_diff(theirs: dict, mine: Config) -> list:
     "Fields (as 'section.name: theirs vs now') where the stored config dict `theirs` differs from `mine`, ignoring where and how it runs."
-    m, dflt = mine.to_dict(), Config().to_dict()   # a field the stored config predates counts as its default
-    return [f"{s}.{k}: checkpoint {theirs.get(s, {}).get(k, dflt[s].get(k))!r} vs now {v!r}" for s in m for k, v in m[s].items()
-            if k not in RUN_FREE_FIELDS.get(s, ()) and theirs.get(s, {}).get(k, dflt[s].get(k)) != v]
+    try: theirs = Config.from_dict(theirs).to_dict()   # a field the stored config predates: what it ran with
+    except ConfigError as e: return [f"the checkpoint's configuration: {e}"]
+    m = mine.to_dict()
+    return [f"{s}.{k}: checkpoint {theirs[s].get(k)!r} vs now {v!r}" for s in m for k, v in m[s].items()
+            if k not in RUN_FREE_FIELDS.get(s, ()) and theirs[s].get(k) != v]
 
 # %% ../nbs/10_train.ipynb #94a7dd04
 def _to(batch, device, channels_last=False):
@@ -259,7 +261,7 @@ class Trainer:
         self.bn_buffers = _bn_buffers(self.method.students() + self.method.teachers()) if self.world > 1 else []
         self.dtype = amp_dtype(t.amp, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
-        unl = self.data['unlabeled'] if self.method.name != 'sup' else None
+        unl = self.data['unlabeled'] if self.method.needs_unlabeled else None
         self.loader = SemiLoader(self.data['labeled'], unl, cfg.data, seed=t.seed, rank=self.rank, world=self.world)
         self.it, self.best, self.history, self.skipped, self.wall = 0, {'miou': -1.0, 'iter': 0}, [], 0, 0.0
         self.pl_cm = ConfusionMatrix(C)
@@ -563,6 +565,9 @@ class Trainer:
         fig.savefig(tmp, dpi=90); os.replace(tmp, self.out / 'curves.png')
 
 # %% ../nbs/10_train.ipynb #74ccc59c
+import re
+_PAIR_START = re.compile(r',\s*(?=[A-Za-z_][\w.]*\s*=)')   # a comma that starts another name=value pair
+
 def _parse_value(s: str):
     low = s.strip().lower()
     if low in ('none', 'null'): return None
@@ -572,51 +577,70 @@ def _parse_value(s: str):
         except ValueError: pass
     return s
 
-def parse_overrides(s: Optional[str]) -> dict:
-    "'a=1,b=x' -> {'a': 1, 'b': 'x'} with ints, floats, booleans and None recognised."
+def parse_overrides(s) -> dict:
+    "'a=1,b=x' (or a list of such texts) -> {'a': 1, 'b': 'x'}, with ints, floats, booleans and None recognised."
     if not s: return {}
     out = {}
-    for part in s.split(','):
-        if '=' not in part: raise ConfigError(part, "overrides look like name=value,name2=value2")
-        k, v = part.split('=', 1)
-        out[k.strip()] = _parse_value(v)
+    for text in [s] if isinstance(s, str) else s:
+        for part in _PAIR_START.split(text):   # a comma not followed by `name=` is part of the value
+            if '=' not in part:
+                raise ConfigError(part, "overrides look like name=value name2=value2 (or name=value,name2=value2)")
+            k, v = part.split('=', 1)
+            out[k.strip()] = _parse_value(v)
     return out
 
 # %% ../nbs/10_train.ipynb #25880f2c
-_UNIMATCH = dict(arch='deeplabv3plus', output_stride=16, encoder_weights='imagenet', optimizer='sgd', momentum=0.9,
-                 weight_decay=1e-4, poly_power=0.9, lr_batch=8, lr_scaling='linear', log_every=50)
-_VOC = dict(_UNIMATCH, dataset='voc', train_split='train_aug', crop=321, lr=0.001, head_lr_mult=10.0, eval_mode='whole')
-_CITY = dict(_UNIMATCH, dataset='cityscapes', crop=801, lr=0.005, head_lr_mult=1.0, eval_mode='sliding')
-_MKD = dict(dataset='voc', train_split='train_aug', arch='deeplabv3plus', encoder='resnet50', encoder_weights='imagenet',
-            output_stride=16, crop=512, optimizer='sgd', momentum=0.9, lr=0.0025, lr_scaling='none', weight_decay=5e-4,
-            poly_power=0.9, iters=30000, eval_every=1500, amp='fp16', eval_mode='whole', strong_aug='mkd', cutmix='mkd',
-            loss_stride=8, lean_passes=False, ema_momentum=0.6, ema_buffers=False, teacher_bn_mode='train', log_every=50,
-            # the term-by-term choices of the code (08_methods' options table), spelled out so a recipe never drifts with defaults
-            weak_photometric=True, cutmix_boxes='code', pseudo_void=True, pseudo_on_labeled=True, schedule_from=1, sup_logits='raw', conf_source='raw',
-            pseudo_norm='kept', stats_at='loss', stats_updates='twice', teacher_stats_on='mixed', lambda_cross=1.5, lambda_cps=1.0,
-            feature_aug=True, feature_aug_on='students,teachers', lambda_fa_max=1.5, mutual=True, eval_net='student1')
-
+# The recipes, as data: each names the shared settings it starts from (`parts`, in order), then its own values (`cfg`).
+RECIPE_PARTS = {
+    'unimatch': dict(arch='deeplabv3plus', output_stride=16, encoder_weights='imagenet', optimizer='sgd', momentum=0.9,
+                     weight_decay=1e-4, poly_power=0.9, lr_batch=8, lr_scaling='linear', log_every=50),
+    'unimatch-voc': dict(dataset='voc', train_split='train_aug', crop=321, lr=0.001, head_lr_mult=10.0, eval_mode='whole'),
+    'unimatch-cityscapes': dict(dataset='cityscapes', crop=801, lr=0.005, head_lr_mult=1.0, eval_mode='sliding'),
+    # the MKD code, with the term-by-term choices (08_methods' options table) spelled out: a recipe never drifts
+    'mkd-code': dict(
+        dataset='voc', train_split='train_aug', arch='deeplabv3plus', encoder='resnet50', encoder_weights='imagenet',
+        output_stride=16, crop=512, optimizer='sgd', momentum=0.9, lr=0.0025, lr_scaling='none', weight_decay=5e-4,
+        poly_power=0.9, iters=30000, eval_every=1500, amp='fp16', eval_mode='whole', strong_aug='mkd', log_every=50,
+        weak_photometric=True, cutmix='mkd', cutmix_boxes='code', loss_stride=8, lean_passes=False, ema_momentum=0.6,
+        ema_buffers=False, teacher_bn_mode='train', pseudo_void=True, pseudo_on_labeled=True, schedule_from=1,
+        sup_logits='raw', conf_source='raw', pseudo_norm='kept', stats_at='loss', stats_updates='twice',
+        teacher_stats_on='mixed', lambda_cross=1.5, lambda_cps=1.0, feature_aug=True, feature_aug_on='students,teachers',
+        lambda_fa_max=1.5, mutual=True, eval_net='student1'),
+}
 RECIPES = {
     'voc-classic-r101': dict(source='UniMatch configs/pascal.yaml', total_batch=8, epochs=80, pool=10582, needs_split_dir=True,
-                             cfg=dict(_VOC, encoder='resnet101')),
+                             parts=('unimatch', 'unimatch-voc'), cfg=dict(encoder='resnet101')),
     'voc-classic-r50':  dict(source='UniMatch configs/pascal.yaml', total_batch=8, epochs=80, pool=10582, needs_split_dir=True,
-                             cfg=dict(_VOC, encoder='resnet50')),
-    'voc-blended-r101': dict(source='UniMatch configs/pascal.yaml', total_batch=8, epochs=80, pool=10582, cfg=dict(_VOC, encoder='resnet101')),
-    'voc-blended-r50':  dict(source='UniMatch configs/pascal.yaml', total_batch=8, epochs=80, pool=10582, cfg=dict(_VOC, encoder='resnet50')),
+                             parts=('unimatch', 'unimatch-voc'), cfg=dict(encoder='resnet50')),
+    'voc-blended-r101': dict(source='UniMatch configs/pascal.yaml', total_batch=8, epochs=80, pool=10582,
+                             parts=('unimatch', 'unimatch-voc'), cfg=dict(encoder='resnet101')),
+    'voc-blended-r50':  dict(source='UniMatch configs/pascal.yaml', total_batch=8, epochs=80, pool=10582,
+                             parts=('unimatch', 'unimatch-voc'), cfg=dict(encoder='resnet50')),
     'cityscapes-r101':  dict(source='UniMatch configs/cityscapes.yaml', total_batch=8, epochs=240, pool=2975,
-                             per_method={'unimatch': dict(conf_thresh=0.0)}, cfg=dict(_CITY, encoder='resnet101')),
+                             per_method={'unimatch': dict(conf_thresh=0.0)},
+                             parts=('unimatch', 'unimatch-cityscapes'), cfg=dict(encoder='resnet101')),
     'cityscapes-r50':   dict(source='UniMatch configs/cityscapes.yaml', total_batch=8, epochs=240, pool=2975,
-                             per_method={'unimatch': dict(conf_thresh=0.0)}, cfg=dict(_CITY, encoder='resnet50')),
-    'mkd-official':     dict(source='MKD official code', method='mkd', per_process_batch=4, cfg=dict(_MKD, conf_thresh=0.0)),
-    'mkd-paper':        dict(source='MKD paper (tau 0.95)', method='mkd', per_process_batch=4, cfg=dict(_MKD, conf_thresh=0.95)),
+                             per_method={'unimatch': dict(conf_thresh=0.0)},
+                             parts=('unimatch', 'unimatch-cityscapes'), cfg=dict(encoder='resnet50')),
+    'mkd-official':     dict(source='MKD official code', method='mkd', per_process_batch=4, parts=('mkd-code',),
+                             cfg=dict(conf_thresh=0.0)),
+    'mkd-paper':        dict(source='MKD paper (tau 0.95)', method='mkd', per_process_batch=4, parts=('mkd-code',),
+                             cfg=dict(conf_thresh=0.95)),
 }
+
+def recipe_values(name: str, method: Optional[str] = None) -> dict:
+    "The config fields recipe `name` sets for `method`: its parts, then its own values, then those for that method."
+    if name not in RECIPES: raise ConfigError('recipe', f"unknown recipe {name!r}; valid: {', '.join(RECIPES)}")
+    r, out = RECIPES[name], {}
+    for part in r.get('parts', ()): out.update(RECIPE_PARTS[part])
+    return dict(out, **r['cfg'], **r.get('per_method', {}).get(method, {}))
 
 def recipe_config(name: str, method: Optional[str] = None, world: int = 1, **kw) -> Config:
     "The `Config` of recipe `name` for `method` on `world` processes; keyword arguments (explicit flags) override the recipe."
     if name not in RECIPES: raise ConfigError('recipe', f"unknown recipe {name!r}; valid: {', '.join(RECIPES)}")
     r = RECIPES[name]
     method = method or r.get('method') or 'sup'
-    base = dict(r['cfg'], **r.get('per_method', {}).get(method, {}))
+    base = recipe_values(name, method)
     if 'per_process_batch' in r: bs = r['per_process_batch']
     else:
         if r['total_batch'] % world:
@@ -638,61 +662,116 @@ def recipe_config(name: str, method: Optional[str] = None, world: int = 1, **kw)
     return make_config(method, **base)
 
 # %% ../nbs/10_train.ipynb #dd63974f
-def mkd_train(   # no @call_parse: under `python -m`/torchrun it would parse sys.argv at import, before main() sees --nproc
+import argparse, dataclasses, inspect
 
-    method:str=None,           # sup, mt, cps, unimatch, mkd, mgd [the recipe's, else sup]
-    recipe:str=None,           # full-scale preset (RECIPES): voc-classic-r101, voc-blended-r101, cityscapes-r101, mkd-official, ...
-    dataset:str=None,          # synthetic, camvid, voc, cityscapes, folder [synthetic]
-    root:str=None,             # dataset folder
-    labeled:str=None,          # labeled part of the images with masks: 1/8, 0.125, 92 or all [folder: all, else 1/8]
-    split_seed:int=None,       # seed that draws the labeled images [0]
-    split_dir:str=None,        # folder with labeled.txt / unlabeled.txt instead of drawing
-    num_classes:int=None,      # number of classes (folder datasets; checked against the data otherwise)
-    void:int=None,             # folder datasets: the mask value that means 'ignore' (read as 255)
-    unlabeled_dir:str=None,    # another folder of images without masks (searched recursively), added to the unlabeled pool
-    arch:str=None,             # deeplabv3plus or unet [deeplabv3plus]
-    encoder:str=None,          # smp encoder name (resnet18/50/101, mobilenet_v2, tu-...) [resnet18]
-    encoder_weights:str=None,  # imagenet (download) or a local weights file [random init]
-    crop:int=None,             # training crop [160]
-    batch_size:int=None,       # labeled images per step and process [8]
-    unlabeled_batch_size:int=None, # unlabeled images per step and process [batch size]
-    iters:int=None,            # training iterations [1000]
-    eval_every:int=None,       # evaluate and checkpoint every K iterations [200]
-    lr:float=None,             # learning rate [0.01]
-    optimizer:str=None,        # sgd or adamw [sgd]
-    workers:int=None,          # data loader workers per process [2]
-    device:str=None,           # auto, cpu, cuda, cuda:1 [auto]
-    amp:str=None,              # auto, bf16, fp16, off [auto]
-    channels_last:bool=False,  # channels_last memory format
-    threads:int=None,          # torch CPU threads
-    seed:int=None,             # training seed [0]
-    scl_weight:float=None,     # structured consistency weight (mt, mkd) [0]
-    teacher_deep:str=None,     # MGD: deep teacher checkpoint
-    teacher_wide:str=None,     # MGD: wide teacher checkpoint
-    skip_bad:bool=False,       # train without the files check_dataset flags
-    set:str=None,              # any other config fields: name=value,name2=value2
-    out:str=None,              # output folder [runs/run]
-    resume:str=None,           # auto (continue last.pt in --out if there) or a checkpoint path
-    nproc:int=1,               # processes on this machine (command line: re-runs itself through torchrun)
-):
-    "Train a segmentation network with a (semi-)supervised method; writes everything into --out."
-    if labeled is None and dataset == 'folder': labeled = 'all'   # a folder: every image with a mask is labeled
-    kw = dict(dataset=dataset, root=root, labeled=labeled, split_seed=split_seed, split_dir=split_dir, num_classes=num_classes,
-              void=void, unlabeled_dir=unlabeled_dir,
-              arch=arch, encoder=encoder, encoder_weights=encoder_weights, crop=crop, batch_size=batch_size,
-              unlabeled_batch_size=unlabeled_batch_size, iters=iters, eval_every=eval_every, lr=lr,
-              optimizer=optimizer, workers=workers, device=device, amp=amp, channels_last=channels_last or None, threads=threads,
-              seed=seed, scl_weight=scl_weight, teacher_deep=teacher_deep, teacher_wide=teacher_wide, skip_bad=skip_bad or None,
-              out=out, resume=resume)
-    kw = {k: v for k, v in kw.items() if v is not None}
-    kw.update(parse_overrides(set))
+_OWN_FLAGS = {   # mkd-train's flags that are not config fields
+    'method': "the method, any registered one: sup, mt, cps, unimatch, mkd, mgd, ... [the recipe's or the file's, else sup]",
+    'recipe': "full-scale preset (RECIPES): voc-classic-r101, voc-blended-r101, cityscapes-r101, mkd-official, ...",
+    'config': "start from a run's config.json (or a TOML file with the same sections); other flags override it; "
+              "its out and resume are not taken",
+    'set': "config fields by name: name=value [name=value ...] or name=value,name2=value2; a comma followed by no "
+           "`name=` stays in the value, and list options also take + (feature_aug_on=students+teachers)",
+    'nproc': "processes on this machine (command line: re-runs itself through torchrun) [1]",
+}
+
+def _field_comments(cls) -> dict:
+    "Each field's end-of-line comment in the source of `cls` or of the nearest base class that comments it."
+    out = {}
+    for klass in reversed(cls.__mro__):
+        try: src = inspect.getsource(klass)
+        except (OSError, TypeError): continue            # no source (a class made at run time)
+        for m in re.finditer(r'^\s+(\w+)\s*:[^=\n]*=[^#\n]*#\s*(.+)$', src, re.M): out[m[1]] = m[2].strip()
+    return out
+
+def train_flags() -> dict:
+    "Every config field mkd-train takes, by name: {'section', 'field', 'help'}; the union of all methods' options."
+    flags = {}
+    for sec, cls in (('data', DataConfig), ('model', ModelConfig), ('train', TrainConfig)):
+        notes = _field_comments(cls)
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else None
+            flags[f.name] = dict(section=sec, field=f, help=f"{notes.get(f.name, '')} [{default}]".strip())
+    for name, cls in METHOD_REGISTRY.items():
+        notes = _field_comments(cls.HP)
+        for f in dataclasses.fields(cls.HP):
+            if f.name == 'name': continue
+            flag = flags.setdefault(f.name, dict(section='method', field=f, help=notes.get(f.name, ''), methods=[]))
+            flag.setdefault('methods', []).append(name)
+    for flag in flags.values():
+        if 'methods' in flag: flag['help'] = f"{flag['help']} (method option of {', '.join(flag['methods'])})".strip()
+    return flags
+
+def _flag_type(field) -> callable:
+    "The text -> value conversion of a field's flag ('none' gives None where the field may be None)."
+    base, optional = field_kind(field)
+    def convert(text: str):
+        low = text.strip().lower()
+        if optional and low in ('none', 'null'): return None
+        if base == 'bool':
+            if low in ('true', 'false'): return low == 'true'
+            raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+        return {'int': int, 'float': float}.get(base, str)(text)
+    convert.__name__ = base
+    return convert
+
+def train_parser() -> argparse.ArgumentParser:
+    "mkd-train's parser: its own flags, then one flag per config field (`--batch-size`, `--conf-thresh`, ...)."
+    p = argparse.ArgumentParser(prog='mkd-train', description="Train a segmentation network with a (semi-)supervised "
+                                "method; writes everything into --out. Flags left out take the recipe's, the file's or "
+                                "the method's value, else the default in brackets.")
+    for name, text in _OWN_FLAGS.items():
+        kw = dict(nargs='+') if name == 'set' else dict(type=int, default=1) if name == 'nproc' else {}
+        p.add_argument('--' + name, dest=name, help=text, **kw)
+    for name, flag in train_flags().items():
+        bare = dict(nargs='?', const=True) if field_kind(flag['field'])[0] == 'bool' else {}   # `--skip-bad`: true
+        p.add_argument('--' + name.replace('_', '-'), dest=name, type=_flag_type(flag['field']),
+                       help=flag['help'].replace('%', '%%'), **bare)
+    return p
+
+def config_file_fields(path, method: Optional[str] = None) -> tuple:
+    "(method, dotted fields) of a run's config.json or a TOML file of the same sections, without `train.out`, `resume`."
+    path = Path(path)
+    try:
+        text = path.read_text()
+        if path.suffix == '.toml':
+            import tomllib
+            stored = tomllib.loads(text)
+        else: stored = json.loads(text)
+    except FileNotFoundError: raise ConfigError('config', f"{path} does not exist") from None
+    except ValueError as e: raise ConfigError('config', f"{path} cannot be read: {e}") from None
+    if not isinstance(stored, dict):
+        raise ConfigError('config', f"{path} holds no sections (data, model, method, train)")
+    own = (stored.get('method') or {}).get('name', 'sup')
+    method = method or own
+    out = {}
+    for sec, values in stored.items():
+        if not isinstance(values, dict): raise ConfigError(sec, f"{path}: expected a section of name = value lines")
+        if sec == 'method':
+            if method != own: continue                  # the options of another method
+            values = Config.from_dict({'method': values}).to_dict()['method']   # a file of the one-union era, as it ran
+        for k, v in values.items():
+            if (sec, k) not in (('method', 'name'), ('train', 'out'), ('train', 'resume')): out[f'{sec}.{k}'] = v
+    return method, out
+
+def mkd_train(method: Optional[str] = None, recipe: Optional[str] = None, config: Optional[str] = None, set=None,
+              nproc: int = 1, **fields):
+    "Train a segmentation network with a (semi-)supervised method; `fields`: config fields by name; writes into `out`."
+    fields = {k: v for k, v in fields.items() if v is not None}
+    if 'labeled' not in fields and fields.get('dataset') == 'folder': fields['labeled'] = 'all'   # all images with masks
+    fields.update(parse_overrides(set))
     rank, world, _ = dist_env()
     if nproc > 1 and world == 1:
         raise ConfigError('nproc', "a Python call runs in this one process: use the command line (mkd-train --nproc N) or torchrun")
-    cfg = recipe_config(recipe, method, world=world, **kw) if recipe else make_config(method or 'sup', **kw)
+    if config:
+        method, stored = config_file_fields(config, method)
+        given = {k.split('.')[-1] for k in fields}
+        fields = dict({k: v for k, v in stored.items() if k.split('.')[-1] not in given}, **fields)
+    cfg = recipe_config(recipe, method, world=world, **fields) if recipe else make_config(method or 'sup', **fields)
     cfg.train.eval_every = min(cfg.train.eval_every, cfg.train.iters)
     try: return Trainer(cfg).fit()
     finally: cleanup_distributed()
+
+mkd_train.make_parser = train_parser   # cli_main and cli_parser (00_core) build the command line with it
 
 def _pop_nproc(argv: list) -> tuple:
     "(N, argv without `--nproc N`)."

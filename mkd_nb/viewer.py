@@ -62,7 +62,7 @@ def method_roles(method) -> Roles:
         return Roles({'network': S[0]}, {'network': 'network'}, None, {'network'}, 'network')
     t, s = _named('teacher', T), _named('student', S)
     tn, sn = list(t), list(s)
-    mutual = getattr(method, 'name', '') == 'mkd' and bool(getattr(getattr(method, 'opt', None), 'mutual', False))
+    mutual = getattr(method, 'name', '') == 'mkd' and bool(getattr(getattr(method, 'hp', None), 'mutual', False))
     teaches = {}
     for k, n in enumerate(tn):
         teaches[n] = sn[1 - k] if (mutual and len(sn) == 2 and k < 2) else sn[min(k, len(sn) - 1)]
@@ -191,7 +191,7 @@ class Inspector:
         self.misses = 0   # network runs so far (a redraw that adds none was served from the cache)
         cfg = self.src.cfg
         self.strong_kind = cfg.data.strong_aug if cfg is not None else 'unimatch'
-        cm = cfg.method.cutmix if cfg is not None else 'mkd'
+        cm = getattr(cfg.method, 'cutmix', 'mkd') if cfg is not None else 'mkd'
         self.cutmix = cm if cm in ('mkd', 'unimatch') else 'mkd'
 
     @property
@@ -449,7 +449,7 @@ class PseudoLabelViewer:
         src = self.ins.src
         splits = src.splits()
         if split not in splits: split = splits[-1]
-        if tau is None: tau = src.cfg.method.conf_thresh if src.cfg is not None else 0.0
+        if tau is None: tau = getattr(src.cfg.method, 'conf_thresh', 0.0) if src.cfg is not None else 0.0
         self.renderer = FigureRenderer(src.class_names, src.palette, panel_size, dpi)
         self.timings, self._hold = [], True
         lay = W.Layout(width='auto')
@@ -520,7 +520,7 @@ def save_gallery(source, path, n: int = 8, split: str = 'val', network: Optional
     from matplotlib.patches import Patch
     ins = source if isinstance(source, Inspector) else Inspector(source, which, {split: ds} if ds is not None else None, max_side)
     src = ins.src
-    if tau is None: tau = src.cfg.method.conf_thresh if src.cfg is not None else 0.0
+    if tau is None: tau = getattr(src.cfg.method, 'conf_thresh', 0.0) if src.cfg is not None else 0.0
     N = len(src.dataset(split))
     idx = list(indices) if indices is not None else sorted({round(k * (N - 1) / max(n - 1, 1)) for k in range(min(n, N))})
     nets = [network] if network else list(ins.roles.branches or [ins.roles.default])

@@ -347,7 +347,7 @@ def test_bad_config_console_script(tmp_path):
     exe = Path(sys.executable).parent / 'mkd-train'
     cmd = [str(exe)] if exe.exists() else [sys.executable, '-m', 'mkd_nb.train']
     env = dict(os.environ, OMP_NUM_THREADS='1', HF_HUB_OFFLINE='1')
-    r = subprocess.run(cmd + ['--method', 'cps', '--set', 'conf_thresh=2', '--out', str(tmp_path / 'run')],
+    r = subprocess.run(cmd + ['--method', 'unimatch', '--set', 'conf_thresh=2', '--out', str(tmp_path / 'run')],
                        capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 2 and r.stderr.strip().splitlines() == \
         ["mkd-train: error: config field `method.conf_thresh`: tau must be in [0, 1], got 2"], r.stderr
