@@ -20,7 +20,7 @@ from .report import write_table
 
 # %% auto #0
 __all__ = ['reset_peak', 'peak_mib', 'bench_step', 'stand_in_teachers', 'bench_settings', 'bench_pair', 'bench_loader',
-           'write_results', 'bench_flops', 'mkd_bench', 'main']
+           'write_results', 'bench_flops', 'mkd_bench']
 
 # %% ../nbs/12b_bench.ipynb #698b5439
 def reset_peak(device):
@@ -72,7 +72,8 @@ def _step_fn(cfg: Config, num_classes: int = 11) -> dict:
     # the Trainer's rule (amp_dtype) and its GradScaler: an fp16 row is timed in fp16 with loss scaling, as it trains
     dtype = amp_dtype(cfg.train.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    ctx = lambda: torch.autocast(device.type, dtype=dtype) if dtype else torch.autocast(device.type, enabled=False)
+    ctx = lambda: torch.autocast(device.type, dtype=dtype) if dtype else torch.autocast(device.type,
+                                                                                        enabled=False)
     def update(loss):
         scaler.scale(loss).backward(); scaler.step(opt); scaler.update(); opt.zero_grad(set_to_none=True)
 
@@ -125,7 +126,8 @@ def stand_in_teachers(out, num_classes: int, deep: ModelConfig, wide: ModelConfi
     for role, mc in (('deep', deep), ('wide', wide)):
         mc = dataclasses.replace(mc, encoder_weights=None)
         net = SegNet.from_config(mc, num_classes)
-        ck = dict(config=dict(model=dataclasses.asdict(mc)), num_classes=num_classes, eval_nets=[net.state_dict()], iter=0)
+        ck = dict(config=dict(model=dataclasses.asdict(mc)), num_classes=num_classes,
+                  eval_nets=[net.state_dict()], iter=0)
         paths[f'teacher_{role}'] = str(save_checkpoint(Path(out) / f'stand-in-{role}.pt', ck))
     return paths
 
@@ -168,7 +170,7 @@ def bench_pair(method: str, rows: list, protocol: Optional[str], steps: int, kw:
     else: args += ['--encoder', kw['encoder'], '--crop', str(kw['crop']), '--batch-size', str(kw['batch_size'])]
     if extra: args += ['--set', ','.join(f"{k}={v}" for k, v in extra.items())]
     with tempfile.TemporaryDirectory() as d:
-        ps = [subprocess.Popen([sys.executable, '-m', 'mkd_nb.bench', 'step', *args, '--out', f'{d}/{i}'], stdout=subprocess.DEVNULL)
+        ps = [subprocess.Popen([sys.executable, '-m', 'mkd_nb.cli', 'bench', 'step', *args, '--out', f'{d}/{i}'], stdout=subprocess.DEVNULL)
               for i in range(2)]
         if any(p.wait() for p in ps): raise RuntimeError(f"bench_pair: a step benchmark of {method} failed")
         ts = [json.loads(Path(f'{d}/{i}/step-{device}.json').read_text())[0]['step_s'] for i in range(2)]
@@ -176,7 +178,8 @@ def bench_pair(method: str, rows: list, protocol: Optional[str], steps: int, kw:
     per = statistics.fmean(ts) / 2
     return dict(method=method, threads=1, channels_last=False, compile=False, crop=rows[0]['crop'], batch_size=rows[0]['batch_size'],
                 step_s=statistics.fmean(ts), times_s=ts, setup_s=0.0, time_vs_plain=per / base['step_s'],
-                note='two 1-thread processes at once; time_vs_plain per step of the pair', torch=torch.__version__)
+                note='two 1-thread processes at once; time_vs_plain per step of the pair',
+                torch=torch.__version__)
 
 # %% ../nbs/12b_bench.ipynb #efc72a02
 def bench_loader(cfg: Config, steps: int = 20, warmup: int = 3) -> dict:
@@ -213,7 +216,8 @@ def _parse_size(size) -> tuple:
         if len(parts) == 1: parts = parts * 2
         w, h = parts
         if w < 16 or h < 16: raise ValueError
-    except ValueError: raise ConfigError('size', f"cannot read {size!r}: write WIDTHxHEIGHT like 240x180 (both >= 16)") from None
+    except ValueError: raise ConfigError('size', f"cannot read {size!r}: write WIDTHxHEIGHT like 240x180 "
+                                                 f"(both >= 16)") from None
     return h, w
 
 def bench_flops(encoders: dict, size=(180, 240), num_classes: int = 11, arch: str = 'deeplabv3plus', decoder_channels: int = 256,
@@ -237,7 +241,8 @@ def bench_flops(encoders: dict, size=(180, 240), num_classes: int = 11, arch: st
                          'params_M': c['params'] / 1e6, 'enc_params_M': c['enc_params'] / 1e6,
                          'gflops': c['flops'] / 1e9, 'enc_gflops': c['enc_flops'] / 1e9,
                          'ms_per_img': 1000 * med / batch_size, 'img_per_s': batch_size / med, 'batch_size': batch_size,
-                         'device': str(dev), 'threads': torch.get_num_threads(), 'times_s': ts, 'torch': torch.__version__})
+                         'device': str(dev), 'threads': torch.get_num_threads(), 'times_s': ts,
+                         'torch': torch.__version__})
             del net
     for s in [r for r in rows if r['role'] == 'student']:
         for r in rows:
@@ -268,7 +273,7 @@ def _with_teachers(method: str, kw: dict, protocol: Optional[str], deep_encoder:
     return {**kw, **{k: v for k, v in st.items() if not given(k)}}
 
 # %% ../nbs/12b_bench.ipynb #9167bd02
-def mkd_bench(   # no @call_parse: under `python -m mkd_nb.bench` it would parse sys.argv at import and skip main()
+def mkd_bench(   # its entry point (`mkd-bench`, `python -m mkd_nb.cli bench`) is main_bench in 16_cli
     what:str,                 # step, loader, flops, settings or table
     method:str='sup,mt,cps,unimatch,mkd,mgd', # comma-separated methods (step; mgd against stand-in teachers)
     encoder:str='resnet18',   # encoder
@@ -309,7 +314,8 @@ def mkd_bench(   # no @call_parse: under `python -m mkd_nb.bench` it would parse
     p = load_protocol(protocol) if protocol else None
     out = out or (f"results/{p['name']}" if protocol else 'results/bench')
     if what == 'table':
-        if not protocol: raise ConfigError('protocol', f"the table needs --protocol; valid: {', '.join(protocol_names())}")
+        if not protocol: raise ConfigError('protocol',
+                                           f"the table needs --protocol; valid: {', '.join(protocol_names())}")
         cells = select_cells(protocol_cells(protocol), only, shard, parts, seeds)
         if plan:
             print('\n'.join(_plan_lines(plan_cells(protocol, cells, out), jobs)))
@@ -318,9 +324,11 @@ def mkd_bench(   # no @call_parse: under `python -m mkd_nb.bench` it would parse
             res = run_cells(protocol, cells, out, protocol_root(protocol, root), jobs=jobs, threads=threads)
         t = write_table(protocol, out, results_md)
         print((Path(out) / 'table.md').read_text())
-        if not render_only and res['failed']: raise SystemExit(f"mkd-bench: {len(res['failed'])} cell(s) failed: {', '.join(res['failed'])}")
+        if not render_only and res['failed']: raise SystemExit(f"mkd-bench: {len(res['failed'])} cell(s) "
+                                                               f"failed: {', '.join(res['failed'])}")
         if not render_only and res['blocked']:
-            raise SystemExit(f"mkd-bench: {len(res['blocked'])} cell(s) blocked by a missing teacher: {', '.join(res['blocked'])}")
+            raise SystemExit(f"mkd-bench: {len(res['blocked'])} cell(s) blocked by a missing teacher: "
+                             f"{', '.join(res['blocked'])}")
         return t
     pkw = {k: v for k, v in p['config'].items() if k not in ('dataset', 'workers', 'iters', 'eval_every', 'log_every')} if protocol else {}
     import tempfile
@@ -334,7 +342,8 @@ def mkd_bench(   # no @call_parse: under `python -m mkd_nb.bench` it would parse
             if scl_weight and m in ('mt', 'mkd'): kw['scl_weight'] = scl_weight
             kw = _with_teachers(m, kw, protocol, deep_encoder, wide_encoder, tmp.name, num_classes)
             r = bench_step(make_config(m, **kw), num_classes=num_classes, steps=steps)
-            print(f"{m:9s} step {r['step_s']*1000:8.1f} ms  bare passes {r['bare_s']*1000:8.1f} ms  overhead {100*r['overhead_frac']:5.1f} %  "
+            print(f"{m:9s} step {r['step_s']*1000:8.1f} ms  bare passes {r['bare_s']*1000:8.1f} ms  overhead "
+                  f"{100*r['overhead_frac']:5.1f} %  "
                   f"peak {r['peak_mib'] or float('nan'):7.0f} MiB  {r['images_per_s']:.1f} img/s")
             rows.append(r)
         sup = next((r for r in rows if r['method'] == 'sup'), None)
@@ -343,20 +352,26 @@ def mkd_bench(   # no @call_parse: under `python -m mkd_nb.bench` it would parse
         return write_results(rows, out, f'step-{device}', ['method', 'crop', 'batch_size', 'forward_images', 'step_s', 'bare_s',
                                                           'overhead_frac', 'peak_mib', 'images_per_s', 'time_vs_sup'])
     if what == 'loader':
-        cfg = make_config('mkd', dataset=dataset, root=root, crop=crop, batch_size=batch_size, workers=workers, encoder=encoder, **extra)
+        cfg = make_config('mkd', dataset=dataset, root=root, crop=crop, batch_size=batch_size,
+                          workers=workers, encoder=encoder, **extra)
         r = bench_loader(cfg, steps=max(steps, 10))
         s = bench_step(make_config('mkd', encoder=encoder, crop=crop, batch_size=batch_size, device=device, **extra), steps=3)
         r['step_samples_per_s'] = 2 * batch_size / s['step_s']
         r['loader_over_step'] = r['samples_per_s'] / r['step_samples_per_s']
-        print(f"loader {r['samples_per_s']:.1f} samples/s with {workers} workers; an mkd step consumes {r['step_samples_per_s']:.1f} samples/s "
+        print(f"loader {r['samples_per_s']:.1f} samples/s with {workers} workers; an mkd step consumes "
+              f"{r['step_samples_per_s']:.1f} samples/s "
               f"(ratio {r['loader_over_step']:.1f})")
-        return write_results([r], out, 'loader', ['dataset', 'crop', 'workers', 'batch_size', 'samples_per_s', 'step_samples_per_s', 'loader_over_step'])
+        return write_results([r], out, 'loader',
+                             ['dataset', 'crop', 'workers', 'batch_size', 'samples_per_s',
+                              'step_samples_per_s', 'loader_over_step'])
     if what == 'flops':
-        encs = {'student': student_encoder.split(','), 'deep': deep_encoder.split(','), 'wide': wide_encoder.split(',')}
+        encs = {'student': student_encoder.split(','), 'deep': deep_encoder.split(','),
+                'wide': wide_encoder.split(',')}
         rows = bench_flops({k: [e for e in v if e] for k, v in encs.items()}, _parse_size(size), arch=arch, device=device, steps=steps,
                            **{k: extra[k] for k in ('num_classes', 'decoder_channels', 'output_stride') if k in extra})
         for r in rows:
-            print(f"{r['role']:8s} {r['encoder']:20s} {r['params_M']:7.2f} M params  {r['gflops']:8.2f} GFLOPs (encoder {r['enc_gflops']:7.2f})  "
+            print(f"{r['role']:8s} {r['encoder']:20s} {r['params_M']:7.2f} M params  {r['gflops']:8.2f} "
+                  f"GFLOPs (encoder {r['enc_gflops']:7.2f})  "
                   f"{r['img_per_s']:7.2f} img/s")
         ratios = [k for k in rows[0] if k.startswith(('flops_x_', 'enc_flops_x_'))]
         return write_results(rows, out, 'flops', ['role', 'encoder', 'size', 'params_M', 'enc_params_M', 'gflops', 'enc_gflops',
@@ -365,24 +380,18 @@ def mkd_bench(   # no @call_parse: under `python -m mkd_nb.bench` it would parse
         rows = []
         for m in method.split(','):
             kw = dict(dict(encoder=encoder, arch=arch, crop=crop, batch_size=batch_size), **pkw)
-            skw = _with_teachers(m, dict(kw, device=device, amp=amp, iters=1000, **extra), protocol, deep_encoder, wide_encoder, tmp.name, num_classes)
+            skw = _with_teachers(m, dict(kw, device=device, amp=amp, iters=1000, **extra), protocol,
+                                 deep_encoder, wide_encoder, tmp.name, num_classes)
             rs = bench_settings(m, threads=(1, threads) if threads and threads > 1 else (1, None), compile=(False, True) if compile else (False,),
                                 steps=steps, rounds=rounds, num_classes=num_classes, **skw)
             if pair: rs.append(bench_pair(m, rs, protocol, steps, dict(kw, amp=amp), extra, device))
             for r in rs:
-                print(f"{m:9s} threads {r['threads']}  channels_last {int(r['channels_last'])}  compile {int(r['compile'])}  "
-                      f"step {r['step_s']*1000:8.1f} ms  x{r['time_vs_plain']:.2f} of plain  (setup {r['setup_s']:.0f} s)"
+                print(f"{m:9s} threads {r['threads']}  channels_last {int(r['channels_last'])}  compile "
+                      f"{int(r['compile'])}  "
+                      f"step {r['step_s']*1000:8.1f} ms  x{r['time_vs_plain']:.2f} of plain  (setup "
+                      f"{r['setup_s']:.0f} s)"
                       + (f"  [{r['note']}]" if r.get('note') else ''))
             rows += rs
         return write_results(rows, out, f'settings-{device}', ['method', 'crop', 'batch_size', 'threads', 'channels_last', 'compile',
                                                                'step_s', 'time_vs_plain', 'setup_s', 'note'])
     raise SystemExit(f"mkd-bench: unknown benchmark {what!r}; valid: step, loader, flops, settings, table")
-
-def main():
-    "Console entry point of `mkd-bench`."
-    try: cli_main(mkd_bench)
-    except ConfigError as e:
-        print(f"mkd-bench: error: {e}", file=sys.stderr); sys.exit(2)
-
-# %% ../nbs/12b_bench.ipynb #f1cad8ec
-if __name__ == '__main__' and '__file__' in globals(): main()

@@ -44,7 +44,8 @@ def labeled_count(spec, n: int) -> int:
             return k
     except (ValueError, ZeroDivisionError) as ex:
         if isinstance(ex, ConfigError): raise
-        raise ConfigError('data.labeled', f"cannot read {spec!r}: use a fraction like 1/8 or 0.125, a count like 92, or 'all'") from None
+        raise ConfigError('data.labeled', f"cannot read {spec!r}: use a fraction like 1/8 or 0.125, a count "
+                                          f"like 92, or 'all'") from None
     if not 0 < frac <= 1: raise ConfigError('data.labeled', f"fraction {spec!r} is not in (0, 1]")
     return max(1, round(frac * n))
 
@@ -135,7 +136,8 @@ class MethodHP:
     def one_of(self, option: str, choices):
         "Refuse a value of `option` outside `choices`."
         value = getattr(self, option)
-        self.require(value in choices, option, f"unknown value {value!r}; valid: {', '.join(map(str, choices))}")
+        self.require(value in choices, option,
+                     f"unknown value {value!r}; valid: {', '.join(map(str, choices))}")
 
     def check(self):
         "Raise `ConfigError` for the first impossible value; option groups and methods extend it (calling super)."
@@ -209,15 +211,20 @@ class Config:
         _check_types(self)
         _one_of(d.dataset, DATASETS, 'data.dataset')
         _check(d.dataset == 'synthetic' or d.root, 'data.root', f"dataset {d.dataset!r} needs a root folder")
-        _check(d.num_classes is None or d.num_classes >= 2, 'data.num_classes', f"must be >= 2, got {d.num_classes}")
-        _check(d.dataset != 'folder' or d.num_classes, 'data.num_classes', "the folder dataset needs --num-classes")
+        _check(d.num_classes is None or d.num_classes >= 2, 'data.num_classes',
+               f"must be >= 2, got {d.num_classes}")
+        _check(d.dataset != 'folder' or d.num_classes, 'data.num_classes',
+               "the folder dataset needs --num-classes")
         _check(d.crop >= 16, 'data.crop', f"must be >= 16, got {d.crop}")
-        _check(0 < d.scale_min <= d.scale_max, 'data.scale_min', f"need 0 < scale_min <= scale_max, got {d.scale_min}, {d.scale_max}")
+        _check(0 < d.scale_min <= d.scale_max, 'data.scale_min',
+               f"need 0 < scale_min <= scale_max, got {d.scale_min}, {d.scale_max}")
         _check(d.batch_size >= 1, 'data.batch_size', f"must be >= 1, got {d.batch_size}")
-        _check(d.unlabeled_batch_size is None or d.unlabeled_batch_size >= 1, 'data.unlabeled_batch_size', "must be >= 1")
+        _check(d.unlabeled_batch_size is None or d.unlabeled_batch_size >= 1, 'data.unlabeled_batch_size',
+               "must be >= 1")
         _check(d.workers >= 0, 'data.workers', f"must be >= 0, got {d.workers}")
         _check(d.split_seed >= 0, 'data.split_seed', f"must be >= 0, got {d.split_seed}")
-        for k in ('synthetic_train', 'synthetic_val'): _check(getattr(d, k) >= 1, f'data.{k}', f"must be >= 1, got {getattr(d, k)}")
+        for k in ('synthetic_train', 'synthetic_val'): _check(getattr(d, k) >= 1, f'data.{k}',
+                                                              f"must be >= 1, got {getattr(d, k)}")
         _check(d.synthetic_size >= 8, 'data.synthetic_size', f"must be >= 8, got {d.synthetic_size}")
         _one_of(d.strong_aug, ('unimatch', 'mkd'), 'data.strong_aug')
         labeled_count(d.labeled, 10**9)  # the format only; the dataset size is checked when the split is drawn
@@ -238,7 +245,8 @@ class Config:
         _check(t.head_lr_mult > 0, 'train.head_lr_mult', f"must be positive, got {t.head_lr_mult}")
         _one_of(t.optimizer, ('sgd', 'adamw'), 'train.optimizer')
         _one_of(t.lr_scaling, ('linear', 'none'), 'train.lr_scaling')
-        _check(0 <= t.warmup_iters < t.iters, 'train.warmup_iters', f"must be in [0, iters), got {t.warmup_iters}")
+        _check(0 <= t.warmup_iters < t.iters, 'train.warmup_iters',
+               f"must be in [0, iters), got {t.warmup_iters}")
         _check(t.grad_clip is None or t.grad_clip > 0, 'train.grad_clip', "must be positive")
         _check(t.grad_accum >= 1, 'train.grad_accum', "must be >= 1")
         _one_of(t.amp, ('auto', 'bf16', 'fp16', 'off'), 'train.amp')
@@ -263,7 +271,8 @@ class Config:
                 continue
             names = {f.name for f in fields(_SECTIONS[k])}
             bad = set(v) - names
-            if bad: raise ConfigError(f"{k}.{sorted(bad)[0]}", f"unknown option; valid: {', '.join(sorted(names))}")
+            if bad: raise ConfigError(f"{k}.{sorted(bad)[0]}",
+                                      f"unknown option; valid: {', '.join(sorted(names))}")
             kw[k] = _SECTIONS[k](**v)
         return cls(**kw)
 
@@ -292,7 +301,8 @@ _UNION_PER_METHOD = {
     'cps': dict(lambda_cps=1.5, cps_targets='unmixed', cutmix_boxes='code'),
     'unimatch': dict(conf_thresh=0.95, cutmix='unimatch'),
     'mkd': dict(cutmix_boxes='code', pseudo_void=True, loss_stride=8, lean_passes=False, schedule_from=1, sup_logits='raw',
-                conf_source='raw', pseudo_norm='kept', stats_at='loss', stats_updates='twice', teacher_stats_on='mixed'),
+                conf_source='raw', pseudo_norm='kept', stats_at='loss', stats_updates='twice',
+                teacher_stats_on='mixed'),
     'mgd': dict(teacher_bn_mode='eval', cutmix_boxes='code', pseudo_void=True)}
 
 def _no_option(method: str, option: str) -> ConfigError:
@@ -303,7 +313,8 @@ def _no_option(method: str, option: str) -> ConfigError:
     close = difflib.get_close_matches(option, own + list(_FIELD_SECTION), 1, 0.6)
     hint = (f" (did you mean `{close[0]}`?)" if close else '')
     hint += f"; it is an option of {', '.join(others)}" if others else ''
-    return ConfigError(f'method.{option}', f"{method} has no option {option}{hint}; its options: {', '.join(own) or 'none'}")
+    return ConfigError(f'method.{option}',
+                       f"{method} has no option {option}{hint}; its options: {', '.join(own) or 'none'}")
 
 def _method_values(method: str, values: dict) -> dict:
     "The options in a stored method section for `method`'s HP; a file of the one-union era is read as it ran."
@@ -340,7 +351,8 @@ def make_config(method: str = 'sup', check=True, **kw) -> Config:
                 close = difflib.get_close_matches(k, valid, 1, 0.6)
                 hint = f" (did you mean `{close[0]}`?)" if close else ''
                 raise ConfigError(k, f"unknown option{hint}; valid: {', '.join(valid)}")
-            if len(secs) > 1: raise ConfigError(k, f"ambiguous, say one of {', '.join(s + '.' + k for s in secs)}")
+            if len(secs) > 1: raise ConfigError(k,
+                                                f"ambiguous, say one of {', '.join(s + '.' + k for s in secs)}")
             sec, name = secs[0], k
         if sec not in d: raise ConfigError(k, f"unknown section {sec!r}")
         if sec == 'method' and name not in own: raise _no_option(method, name)
@@ -362,7 +374,8 @@ def get_device(name: str = 'auto') -> torch.device:
     "The device for `name`: 'auto' picks cuda, then mps, then cpu."
     if name != 'auto':
         dev = torch.device(name)
-        if dev.type == 'cuda' and not torch.cuda.is_available(): raise ConfigError('train.device', "CUDA was asked for but is not available")
+        if dev.type == 'cuda' and not torch.cuda.is_available(): raise ConfigError('train.device',
+                                                                                   "CUDA was asked for but is not available")
         return dev
     if torch.cuda.is_available(): return torch.device('cuda')
     if getattr(torch.backends, 'mps', None) is not None and torch.backends.mps.is_available(): return torch.device('mps')

@@ -4,7 +4,7 @@
 
 # %% ../nbs/09a_export.ipynb #c672fcb1
 from __future__ import annotations
-import json, statistics, sys, time
+import json, statistics, time
 from pathlib import Path
 from typing import Optional
 
@@ -12,12 +12,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .core import ConfigError, cli_main
+from .core import ConfigError
 from .augment import MEAN, STD
 from .models import load_checkpoint, eval_model_from_checkpoint, CheckpointError
 
 # %% auto #0
-__all__ = ['FORMATS', 'Deployable', 'deployable', 'export_model', 'mkd_export', 'main']
+__all__ = ['FORMATS', 'Deployable', 'deployable', 'export_model', 'mkd_export']
 
 # %% ../nbs/09a_export.ipynb #296642bb
 class Deployable(nn.Module):
@@ -122,11 +122,3 @@ def mkd_export(ckpt: str = None,        # checkpoint: a run's best.pt (or last.p
     res = export_model(ckpt, format, hw, out=out, batch=batch, runs=runs, threads=threads)
     if json_out: Path(json_out).write_text(json.dumps(res, indent=2) + '\n')
     return res
-
-def main():
-    "Console entry point: `mkd-export --ckpt RUN/best.pt --format onnx|torchscript --size H W`; errors are one line, exit status 2."
-    try: cli_main(mkd_export, nargs={'size': 2})
-    except (ConfigError, CheckpointError, FileNotFoundError, RuntimeError) as e:
-        print(f"mkd-export: error: {e}", file=sys.stderr); sys.exit(2)
-
-if __name__ == '__main__' and '__file__' in globals(): main()

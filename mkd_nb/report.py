@@ -32,9 +32,11 @@ def find_results(protocol: str = 'camvid-cpu') -> Path:
 def load_table(path) -> dict:
     "The table written by `mkd-bench table` (a results folder or its `table.json`), with a clear error if it is missing or broken."
     path = Path(path); f = path / 'table.json' if path.is_dir() or not path.suffix else path
-    if not f.exists(): raise ConfigError('results', f"{f}: no table yet; run `mkd-bench table --protocol ... --out {f.parent}`")
+    if not f.exists(): raise ConfigError('results',
+                                         f"{f}: no table yet; run `mkd-bench table --protocol ... --out {f.parent}`")
     try: t = json.loads(f.read_text())
-    except json.JSONDecodeError as e: raise ConfigError('results', f"{f}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    except json.JSONDecodeError as e: raise ConfigError('results', f"{f}: not valid JSON ({e.msg} at line "
+                                                                   f"{e.lineno})") from None
     missing = {'protocol', 'rows', 'cells', 'parts', 'headline'} - set(t)
     if missing: raise ConfigError('results', f"{f}: not a table of mkd-bench (missing {sorted(missing)})")
     return t
@@ -60,7 +62,9 @@ def collect_table(protocol, out) -> dict:
     for c in protocol_cells(p):
         m = cell_done(p, c, out)
         key = (c['row'], c['part'])
-        rows.setdefault(key, dict(row=c['row'], method=c['method'], part=c['part'], groups=list(c['groups']), ref=c['ref'], planned=0, cells=[]))
+        rows.setdefault(key,
+                        dict(row=c['row'], method=c['method'], part=c['part'], groups=list(c['groups']),
+                             ref=c['ref'], planned=0, cells=[]))
         rows[key]['planned'] += 1
         if m is None: continue
         hist = _history(out / 'runs' / c['name'])
@@ -115,7 +119,8 @@ def paired_diff(a: Optional[dict], b: Optional[dict]) -> Optional[dict]:
 def seed_diff(a: Optional[dict], b: Optional[dict]) -> Optional[dict]:
     "`paired_diff(a, b)`; for rows without per-seed values, the difference of their seed means (std: `a`'s, n: the smaller n)."
     if not (a and b and a.get('n') and b.get('n')): return None
-    return paired_diff(a, b) or dict(mean=a['miou_mean'] - b['miou_mean'], std=a['miou_std'], n=min(a['n'], b['n']))
+    return paired_diff(a, b) or dict(mean=a['miou_mean'] - b['miou_mean'], std=a['miou_std'],
+                                     n=min(a['n'], b['n']))
 
 # %% ../nbs/12a_report.ipynb #7da787d9
 def distillation_summary(protocol, table: list) -> Optional[dict]:
@@ -197,22 +202,27 @@ def check_targets(t: dict, targets: Optional[dict] = None) -> list:
     main, base, gain, within = (targets[k] for k in ('main', 'base', 'gain', 'within'))
     # a peer's variant that the protocol puts in group 'peer' and the table has run (UniMatch without its code's final / 2) is
     # held to the same target: beating a peer only in a form that takes half steps at the protocol's one learning rate flatters
-    peers = tuple(dict.fromkeys([*targets['peers'], *(r['row'] for r in t['rows'] if 'peer' in r.get('groups', ()) and r['n'])]))
+    peers = tuple(dict.fromkeys([*targets['peers'],
+                                 *(r['row'] for r in t['rows'] if 'peer' in r.get('groups', ()) and r['n'])]))
     get = lambda row, part: table_row(t['rows'], row, part, finished=True)
     full = lambda *rs: all(r and r['n'] == r.get('planned', r['n']) for r in rs)
     def target(name, a, b, test, with_std=False):
         a2, b2 = on_shared_seeds(a, b)
         ok = bool(a2 and b2 and a2['n'] and b2['n'])
         v = a2['miou_mean'] - b2['miou_mean'] if ok else None
-        sd = None if not ok or a2['miou_std'] is None or b2['miou_std'] is None else max(a2['miou_std'], b2['miou_std'])
+        sd = None if not ok or a2['miou_std'] is None or b2['miou_std'] is None else max(a2['miou_std'],
+                                                                                         b2['miou_std'])
         met = None if v is None or (with_std and sd is None) else test(v, sd)
         return dict(target=name, value=v, n=min(a2['n'], b2['n']) if ok else 0, met=met, complete=full(a, b), paired=paired_diff(a, b),
                     **(dict(std=sd) if with_std else {}))
     h = t['headline']
-    res = [target(f'{main} >= {base} + {gain} mIoU at {h}', get(main, h), get(base, h), lambda v, sd: v >= gain)]
-    res += [target(f'{main} ahead of {peer} at {part} by more than the std', get(main, part), get(peer, part), lambda v, sd: v > sd, True)
+    res = [target(f'{main} >= {base} + {gain} mIoU at {h}', get(main, h), get(base, h),
+                  lambda v, sd: v >= gain)]
+    res += [target(f'{main} ahead of {peer} at {part} by more than the std', get(main, part), get(peer, part),
+                   lambda v, sd: v > sd, True)
             for part in t['parts'] for peer in peers]
-    res.append(target(f"{main} at {t['parts'][-1]} within {within} mIoU of {base} with all labels", get(main, t['parts'][-1]),
+    res.append(target(f"{main} at {t['parts'][-1]} within {within} mIoU of {base} with all labels", get(main,
+                                                                                                        t['parts'][-1]),
                       get(base, 'all'), lambda v, sd: v >= -within))
     return res
 
@@ -247,18 +257,21 @@ def _render_distillation(s: Optional[dict], spec: Optional[dict]) -> list:
     h, w = s['image_size']
     name, student = spec['name'], spec['student']
     L = ['', spec['title'].format(part=s['part']) + f"; cost = parameters and forward GFLOPs per {w}×{h} image:", '',
-         '| network | role | trained by | mIoU | Δ vs MGD (shared seeds) | params (M) | GFLOPs | × student |', '|---|---|---|---|---|---|---|---|']
+         '| network | role | trained by | mIoU | Δ vs MGD (shared seeds) | params (M) | GFLOPs | × student |',
+         '|---|---|---|---|---|---|---|---|']
     stud = next(e for e in s['entries'] if e['row'] == student)
     for e in s['entries']:
         d = '–' if not e.get('minus_mgd') else f"{_signed(e['minus_mgd']['mean'])} ({e['minus_mgd']['n']})"
-        L.append(f"| {e['net']} | {e['role']} | {e['trained_by']} | {_fmt(e)} | {d} | {e['params_M']:.1f} | {e['gflops']:.2f} | "
+        L.append(f"| {e['net']} | {e['role']} | {e['trained_by']} | {_fmt(e)} | {d} | {e['params_M']:.1f} | "
+                 f"{e['gflops']:.2f} | "
                  f"{e['gflops'] / stud['gflops']:.2f} |")
     on = '' if s.get('seeds') is None else f" on the seeds all of them have ({', '.join(map(str, s['seeds'])) or 'none'})"
     beats = [(b['says'], s.get(f"{spec['row']}_minus_{b['row']}")) for b in spec['must_beat']]
     both = {1: 'it', 2: 'both'}.get(len(beats), 'each')
     L += ['', '; '.join(f"{name} − {says}: {'–' if not d else _pm(d)}" for says, d in beats) +
           f" ({name} must beat {both}; each over the seeds both rows have); "
-          f"share of the gap from the supervised student to the better teacher that {name} closes{on}: {_gap_text(s, student)}."]
+          f"share of the gap from the supervised student to the better teacher that {name} closes{on}: "
+          f"{_gap_text(s, student)}."]
     tp = {t: d for t, d in (s.get(f'teachers_minus_{student}_paired') or {}).items() if d}
     says = {e['row']: e['says'] for e in spec['must_beat'] + spec['teachers']}
     if tp: L[-1] += f" Teacher − {says[student]} seed by seed: " + '; '.join(f"{says[t]} {_pm(d)}" for t, d in tp.items()) + '.'
@@ -272,15 +285,20 @@ def render_table_md(t: dict, protocol=None) -> str:
     main = [r for r in rows if any('main' in x['groups'] for x in t['rows'] if x['row'] == r)]
     parts = t['parts'] + (['all'] if any(r['part'] == 'all' for r in t['rows']) else [])
     nl = {r['part']: r['n_labeled'] for r in t['rows'] if r['n_labeled']}
-    L = [f"Protocol `{t['protocol']}`: {t['doc']}. Val mIoU (%) at the last iteration, mean ± std over seeds (number of seeds).", '',
-         '| method | ' + ' | '.join(f"{p} ({nl[p]})" if p in nl else p for p in parts) + ' |', '|---|' + '---|' * len(parts)]
+    L = [f"Protocol `{t['protocol']}`: {t['doc']}. Val mIoU (%) at the last iteration, mean ± std over seeds "
+         f"(number of seeds).", '',
+         '| method | ' + ' | '.join(f"{p} ({nl[p]})" if p in nl else p for p in parts) + ' |',
+         '|---|' + '---|' * len(parts)]
     L += [f"| {r} | " + ' | '.join(_fmt(get(r, p)) for p in parts) + ' |' for r in main]
     lt = t.get('labels_test')
-    L += ['', '**Labels test** (supervised, all labels vs the smallest partition; the protocol can see labels if the gap is >= 8 mIoU): ' +
-          ('not measured yet' if not lt else f"{lt['all_mean']:.1f} (n={lt['all_n']}) vs {lt['smallest_mean']:.1f} (n={lt['smallest_n']}) "
+    L += ['', '**Labels test** (supervised, all labels vs the smallest partition; the protocol can see '
+              'labels if the gap is >= 8 mIoU): ' +
+          ('not measured yet' if not lt else f"{lt['all_mean']:.1f} (n={lt['all_n']}) vs "
+                                             f"{lt['smallest_mean']:.1f} (n={lt['smallest_n']}) "
            f"at {lt['smallest']}: gap {_signed(lt['gap'])} mIoU, **{'passed' if lt['passed'] else 'failed'}**" + ('' if lt['complete'] else ' (seeds missing)'))]
     L += ['', 'Targets on the seed means over the seeds both rows have (n; std = the larger of the two rows\' '
-          'stds on those seeds); beside them, the difference seed by seed (each seed is one labeled split, shared by every row), '
+          'stds on those seeds); beside them, the difference seed by seed (each seed is one labeled split, '
+          'shared by every row), '
           'whose std leaves out how lucky the split was:', '',
           '| target | measured | met | per seed: mean ± std (n) |', '|---|---|---|---|']
     for g in check_targets(t, p['targets']):
@@ -295,15 +313,19 @@ def render_table_md(t: dict, protocol=None) -> str:
     abl += [r for p in t['parts'] if p != t['headline'] for r in t['rows']
             if 'ablation' in r['groups'] and r['part'] == p and r['n'] and r['row'] != ref_of(r)]
     if abl:
-        L += ['', f"Ablations at {t['headline']}, and at the other partitions where a variant was run (Δ against the reference row at "
-              "the same partition (column `reference`), seed by seed over the seeds both rows have: mean ± std (number of seeds); each "
-              "seed is one labeled split, so a variant run on one seed is compared with the reference on that seed, not with its mean):", '',
+        L += ['', f"Ablations at {t['headline']}, and at the other partitions where a variant was run (Δ "
+                  f"against the reference row at "
+              "the same partition (column `reference`), seed by seed over the seeds both rows have: mean ± "
+              "std (number of seeds); each "
+              "seed is one labeled split, so a variant run on one seed is compared with the reference on "
+              "that seed, not with its mean):", '',
               '| variant | part | mIoU | reference | Δ |', '|---|---|---|---|---|']
         for r in abl:
             ref = get(ref_of(r), r['part'])
             dv = None if not ref or r['row'] == ref['row'] else seed_diff(r, ref)
             d = '–' if not dv else _pm(dv, brackets=True)
-            L.append(f"| {r['row']} | {r['part']} | {_fmt(r)} | {'–' if r['row'] == ref_of(r) else ref_of(r)} | {d} |")
+            L.append(f"| {r['row']} | {r['part']} | {_fmt(r)} | "
+                     f"{'–' if r['row'] == ref_of(r) else ref_of(r)} | {d} |")
     spec = p.get('distillation')
     L += _render_distillation(t.get(spec['row']), spec) if spec else []
     head = [get(r, t['headline']) for r in main] + [get(main[0], 'all') if main else None]
@@ -316,15 +338,22 @@ def render_table_md(t: dict, protocol=None) -> str:
               for r in head]
     done = [r for r in t['rows'] if r['n']]
     if done:
-        L += ['', 'Every finished run: val mIoU per seed (seed: mIoU; seed s is the same labeled split in every row), wall time and the '
-              'teachers\' pseudo-labels on the unlabeled images over the last evaluation interval (means over seeds): mIoU and pixel '
-              'accuracy on the pixels the confidence threshold keeps, and the share kept. A threshold keeps the easy pixels, so '
+        L += ['', 'Every finished run: val mIoU per seed (seed: mIoU; seed s is the same labeled split in '
+                  'every row), wall time and the '
+              'teachers\' pseudo-labels on the unlabeled images over the last evaluation interval (means '
+              'over seeds): mIoU and pixel '
+              'accuracy on the pixels the confidence threshold keeps, and the share kept. A threshold keeps '
+              'the easy pixels, so '
               'compare mIoU and accuracy between rows that keep similar shares:', '',
-              '| row | part | val mIoU per seed | wall time per run (min) | pseudo-labels: mIoU / acc / kept (%) |', '|---|---|---|---|---|']
-        L += [f"| {r['row']} | {r['part']} | {', '.join(f'{s}: {v:.1f}' for s, v in zip(r['seeds'], r['miou_seeds']))} | {(r['wall_time_s_mean'] or 0) / 60:.1f} | "
+              '| row | part | val mIoU per seed | wall time per run (min) | pseudo-labels: mIoU / acc / kept '
+              '(%) |', '|---|---|---|---|---|']
+        L += [f"| {r['row']} | {r['part']} | "
+              f"{', '.join(f'{s}: {v:.1f}' for s, v in zip(r['seeds'], r['miou_seeds']))} | "
+              f"{(r['wall_time_s_mean'] or 0) / 60:.1f} | "
               f"{_pl_text(r)} |" for r in done]
     m = t['machine']
-    L += ['', f"{len(t['cells'])} runs, {t['compute_s'] / 3600:.2f} h of training in all; machine: {m['processor']}, {m['cpus']} CPUs, "
+    L += ['', f"{len(t['cells'])} runs, {t['compute_s'] / 3600:.2f} h of training in all; machine: "
+              f"{m['processor']}, {m['cpus']} CPUs, "
           f"{m['platform']}, torch {m['torch']}."]
     return '\n'.join(L) + '\n'
 
@@ -343,7 +372,8 @@ def table_figures(t: dict) -> dict:
     ax.set(xscale='log', xlabel='labeled images', ylabel='val mIoU (%)', title=t['protocol'])
     if ax.get_legend_handles_labels()[0]: ax.legend(fontsize=7)
     fig.tight_layout(); figs['miou_vs_labels'] = fig
-    for stem, key, ylabel in (('curves', 'curve', 'val mIoU (%)'), ('pseudo_labels', 'pseudo', 'pseudo-label mIoU on unlabeled (%)')):
+    for stem, key, ylabel in (('curves', 'curve', 'val mIoU (%)'), ('pseudo_labels', 'pseudo', 'pseudo-label '
+                                                                                               'mIoU on unlabeled (%)')):
         fig = NotebookFigure(figsize=(6, 4)); ax = fig.add_subplot(); drawn = 0
         for name in dict.fromkeys(c['row'] for c in t['cells']):
             cs = [c for c in t['cells'] if c['row'] == name and c['part'] == t['headline'] and c[key]]
@@ -415,7 +445,8 @@ def _labels_caveat(t: dict) -> Optional[str]:
     if not lt: return "**Labels test not measured yet**: until it passes, the table cannot show label efficiency."
     if lt['passed'] and lt['complete']: return None
     return (f"**Labels test {'failed' if not lt['passed'] else 'passed on missing seeds'}**: `{lt['row']}` with all "
-            f"labels {lt['all_mean']:.1f} (n={lt['all_n']}) vs {lt['smallest_mean']:.1f} (n={lt['smallest_n']}) at "
+            f"labels {lt['all_mean']:.1f} (n={lt['all_n']}) vs {lt['smallest_mean']:.1f} "
+            f"(n={lt['smallest_n']}) at "
             f"{lt['smallest']}, gap {_signed(lt['gap'])} mIoU, short of what the protocol needs to see labels, so the "
             "table cannot measure what unlabeled images add.")
 
@@ -436,7 +467,8 @@ def read_caveats(out) -> dict:
     c = dict(protocol=c.get('protocol'), more=list(c.get('more', [])))
     for s in [c['protocol'] or '', *c['more']]:
         if any(ch.isdigit() for ch in s):   # numbers come from table.json through the renderer, never from prose
-            raise ConfigError('results', f"{f}: hand-written caveats may state no number, found one in {s[:60]!r}")
+            raise ConfigError('results',
+                              f"{f}: hand-written caveats may state no number, found one in {s[:60]!r}")
     return c
 
 def screen_top(md: str) -> list:
@@ -471,47 +503,53 @@ def render_results_md(t: dict, out, at='.', protocol=None) -> str:
           "rows against their cost, per-class IoU, and every run's mIoU per seed, wall time and pseudo-label quality.",
           f"- Regenerate: `mkd-bench table --protocol {t['protocol']} --out {rel(out)} --results-md RESULTS.md` (add "
           "`--render-only` to re-render without training; without it, the command runs every unfinished cell).",
-          f"- {len(t['cells'])} runs, {t['compute_s'] / 3600:.1f} h of training; machine: {t['machine']['processor']}, "
+          f"- {len(t['cells'])} runs, {t['compute_s'] / 3600:.1f} h of training; machine: "
+          f"{t['machine']['processor']}, "
           f"{t['machine']['cpus']} CPUs, torch {t['machine']['torch']}.", '']
     return '\n'.join(L + _render_costs(t, out, rel))
+
+def _cost_section(title: str, command: str, how: str, columns: list, rows: list, note: str = '') -> list:
+    "A section of RESULTS.md: its title, the command that measured it and how, then a table of `rows` (lists of cells)."
+    table = ['| ' + ' | '.join(map(str, cells)) + ' |' for cells in [columns, ['---'] * len(columns), *rows]]
+    table[1] = table[1].replace(' ', '')
+    return [f'## {title}', '', f"`{command}` ({how}):", '', *table, *([''] + [note] if note else []), '']
 
 def _render_costs(t: dict, out, rel=lambda p: Path(p).as_posix()) -> list:
     "Step time per method, CPU settings and network costs: the benchmark JSONs beside results folder `out` that exist."
     out, L, nan = Path(out), [], float('nan')
     step = out / 'step-cpu.json'
     if step.exists():
-        L += ['## Step time and peak memory per method', '',
-              f"`mkd-bench step --protocol {t['protocol']} --out {rel(out)}` (median of timed steps, synthetic tensors "
-              "of the protocol's sizes; peak = process high-water mark):", '',
-              '| method | forward images | step (s) | × sup | peak (MiB) |', '|---|---|---|---|---|']
-        L += [f"| {r['method']} | {r['forward_images']} | {r['step_s']:.3f} | {r.get('time_vs_sup', nan):.2f} | "
-              f"{r['peak_mib'] or nan:.0f} |" for r in json.loads(step.read_text())]
-        L.append('')
+        rows = [[r['method'], r['forward_images'], f"{r['step_s']:.3f}", f"{r.get('time_vs_sup', nan):.2f}",
+                 f"{r['peak_mib'] or nan:.0f}"] for r in json.loads(step.read_text())]
+        L += _cost_section('Step time and peak memory per method',
+                           f"mkd-bench step --protocol {t['protocol']} --out {rel(out)}",
+                           "median of timed steps, synthetic tensors of the protocol's sizes; peak = process high-water mark",
+                           ['method', 'forward images', 'step (s)', '× sup', 'peak (MiB)'], rows)
     sett = out.parent / 'bench' / 'settings-cpu.json'
     if sett.exists():
-        rows = json.loads(sett.read_text())
-        L += ['## CPU settings', '',
-              f"`mkd-bench settings --protocol {t['protocol']} --method {','.join(dict.fromkeys(r['method'] for r in rows))} --threads 2 --compile --pair "
-              f"--out {rel(sett.parent)}` (median step time over interleaved rounds; × = ratio to 2 threads, "
-              "contiguous, eager):", '',
-              '| method | threads | channels_last | compile | step (s) | × plain | set-up incl. compile (s) |',
-              '|---|---|---|---|---|---|---|']
+        runs = json.loads(sett.read_text())
         yes = lambda b: 'yes' if b else 'no'
-        L += [f"| {r['method']} | {r['threads'] if not r.get('note') else '2 × 1 (two runs at once)'} | "
-              f"{yes(r['channels_last'])} | {yes(r['compile'])} | {r['step_s']:.3f} | {r['time_vs_plain']:.2f} | "
-              f"{r['setup_s']:.0f} |" for r in rows]
-        L += ['', 'For two runs at once, × is the time per step of the pair (each run\'s step time halved).', '']
+        rows = [[r['method'], r['threads'] if not r.get('note') else '2 × 1 (two runs at once)', yes(r['channels_last']),
+                 yes(r['compile']), f"{r['step_s']:.3f}", f"{r['time_vs_plain']:.2f}", f"{r['setup_s']:.0f}"] for r in runs]
+        methods = ','.join(dict.fromkeys(r['method'] for r in runs))
+        L += _cost_section('CPU settings', f"mkd-bench settings --protocol {t['protocol']} --method {methods} "
+                           f"--threads 2 --compile --pair --out {rel(sett.parent)}",
+                           "median step time over interleaved rounds; × = ratio to 2 threads, contiguous, eager",
+                           ['method', 'threads', 'channels_last', 'compile', 'step (s)', '× plain',
+                            'set-up incl. compile (s)'], rows,
+                           note="For two runs at once, × is the time per step of the pair (each run's step time halved).")
     fl = out.parent / 'bench' / 'flops.json'
     if fl.exists():
         rs = json.loads(fl.read_text())
-        L += ['## Network costs (distillation students and teachers)', '',
-              f"`mkd-bench flops ... --size {rs[0]['size']} --set decoder_channels={rs[0]['decoder_channels']} "
-              f"--out {rel(fl.parent)}` (DeepLabV3+; forward FLOPs per image counted by `torch.utils.flop_counter`; "
-              f"images/s: batch 1, {rs[0]['threads']} thread(s), median of timed passes):", '',
-              '| role | encoder | params (M) | GFLOPs | × ResNet-18 | images/s |', '|---|---|---|---|---|---|']
-        L += [f"| {r['role']} | {r['encoder']} | {r['params_M']:.1f} | {r['gflops']:.2f} | "
-              f"{r.get('flops_x_resnet18', nan):.2f} | {r['img_per_s']:.2f} |" for r in rs]
-        L.append('')
+        rows = [[r['role'], r['encoder'], f"{r['params_M']:.1f}", f"{r['gflops']:.2f}",
+                 f"{r.get('flops_x_resnet18', nan):.2f}", f"{r['img_per_s']:.2f}"] for r in rs]
+        L += _cost_section('Network costs (distillation students and teachers)',
+                           f"mkd-bench flops ... --size {rs[0]['size']} --set "
+                           f"decoder_channels={rs[0]['decoder_channels']} "
+                           f"--out {rel(fl.parent)}",
+                           "DeepLabV3+; forward FLOPs per image counted by `torch.utils.flop_counter`; images/s: "
+                           f"batch 1, {rs[0]['threads']} thread(s), median of timed passes",
+                           ['role', 'encoder', 'params (M)', 'GFLOPs', '× ResNet-18', 'images/s'], rows)
     return L
 
 # %% ../nbs/12a_report.ipynb #aa5b7739
@@ -577,7 +615,8 @@ def class_iou_figure(t: dict) -> NotebookFigure:
         a = np.array([[np.nan if r['iou_mean'][k] is None else r['iou_mean'][k] for k in cls] for r in rows])
         im = ax.imshow(a, vmin=0, vmax=100, cmap='viridis', aspect='auto')
         for i, j in np.ndindex(a.shape):
-            ax.text(j, i, '–' if np.isnan(a[i, j]) else f"{a[i, j]:.0f}", ha='center', va='center', fontsize=7, c='k' if a[i, j] >= 60 else 'w')
+            ax.text(j, i, '–' if np.isnan(a[i, j]) else f"{a[i, j]:.0f}", ha='center', va='center',
+                    fontsize=7, c='k' if a[i, j] >= 60 else 'w')
         ax.set_xticks(range(len(cls)), cls, rotation=45, ha='right', fontsize=8)
         ax.set_yticks(range(len(rows)), [f"{r['row']} {r['part']} (n={r['n']})" for r in rows], fontsize=8)
         fig.colorbar(im, ax=ax, label='IoU (%)')
@@ -599,6 +638,7 @@ def distillation_figure(t: dict, protocol=None) -> NotebookFigure:
     if done: ax.legend(fontsize=7)
     else: ax.text(0.5, 0.5, f'no finished {name} runs yet', ha='center', va='center', transform=ax.transAxes)
     h, w = (s or {}).get('image_size', ('?', '?'))
-    ax.set(xlabel=f'GFLOPs per {w}x{h} image', ylabel='val mIoU (%)', title=f"{name} at {(s or {}).get('part', t['headline'])}")
+    ax.set(xlabel=f'GFLOPs per {w}x{h} image', ylabel='val mIoU (%)',
+           title=f"{name} at {(s or {}).get('part', t['headline'])}")
     fig.tight_layout()
     return fig

@@ -12,8 +12,9 @@ import mkd_nb
 from .core import *
 
 # %% auto #0
-__all__ = ['PROTOCOL_DIR', 'protocol_names', 'load_protocol', 'cell_name', 'protocol_cells', 'select_cells', 'cell_command',
-           'need_path', 'protocol_root', 'cell_config', 'cell_status', 'cell_done', 'run_cells', 'plan_cells']
+__all__ = ['PROTOCOL_DIR', 'TRAIN_MODULE', 'protocol_names', 'load_protocol', 'cell_name', 'protocol_cells', 'select_cells',
+           'cell_command', 'need_path', 'protocol_root', 'cell_config', 'cell_status', 'cell_done', 'run_cells',
+           'plan_cells']
 
 # %% ../nbs/12_runner.ipynb #9e96e471
 PROTOCOL_DIR = Path(mkd_nb.__file__).parent / 'protocols'   # shipped as package data (setup.py)
@@ -21,7 +22,8 @@ PROTOCOL_DIR = Path(mkd_nb.__file__).parent / 'protocols'   # shipped as package
 _PROTOCOL_FIELDS = dict(doc=str, config=dict, parts=list, seeds=list, headline=str, num_classes=int, image_size=list, ref=str,
                         rows=list, targets=dict, root_env=str, default_root=str, distillation=dict)
 _REQUIRED = ('doc', 'config', 'parts', 'seeds', 'headline', 'num_classes', 'image_size', 'rows', 'targets')
-_ROW_FIELDS = dict(name=str, method=str, groups=list, parts=list, seeds=list, ref=str, needs=dict, overrides=dict)
+_ROW_FIELDS = dict(name=str, method=str, groups=list, parts=list, seeds=list, ref=str, needs=dict,
+                   overrides=dict)
 
 def protocol_names() -> list:
     "The protocols that ship with the package: one `<name>.toml` each in `PROTOCOL_DIR`."
@@ -43,7 +45,8 @@ def _check_fields(where: str, got: dict, fields: dict, required=()):
     for k in required:
         if k not in got: raise ConfigError('protocol', f"{where}: missing field {k!r}")
     for k, v in got.items():
-        if k not in fields: raise ConfigError('protocol', f"{where}: unknown field {k!r}; valid: {', '.join(fields)}")
+        if k not in fields: raise ConfigError('protocol',
+                                              f"{where}: unknown field {k!r}; valid: {', '.join(fields)}")
         if not isinstance(v, fields[k]) or isinstance(v, bool) and fields[k] is int:
             raise ConfigError('protocol', f"{where}: {k} should be a {fields[k].__name__}, not {v!r}")
 
@@ -59,7 +62,8 @@ def _check_rows_named(f, p: dict):
     named += [(f'distillation.{k}', spec[k]) for k in ('row', 'student') if k in spec]
     named += [(f'distillation.{k}', e['row']) for k in ('must_beat', 'teachers', 'entries') for e in spec.get(k, [])]
     for where, row in named:
-        if row not in names: raise ConfigError('protocol', f"{f}: {where} names {row!r}, which is not a row of the protocol")
+        if row not in names: raise ConfigError('protocol',
+                                               f"{f}: {where} names {row!r}, which is not a row of the protocol")
 
 def load_protocol(protocol) -> dict:
     "Protocol `protocol` (a shipped name, a `.toml` path, or a loaded dict) as a dict; each row with all its fields."
@@ -73,7 +77,8 @@ def load_protocol(protocol) -> dict:
         _check_fields(f"{f}: rows[{i}] ({r.get('name', '?')})", r, _ROW_FIELDS, ('name', 'method', 'groups'))
         rows.append(dict(name=r['name'], method=r['method'], groups=tuple(r['groups']),
                          parts=tuple(r['parts']) if 'parts' in r else None, seeds=tuple(r['seeds']) if 'seeds' in r else None,
-                         ref=r.get('ref', p.get('ref')), needs=r.get('needs', {}), overrides=r.get('overrides', {})))
+                         ref=r.get('ref', p.get('ref')), needs=r.get('needs', {}),
+                         overrides=r.get('overrides', {})))
     p = dict(p, name=f.stem, file=str(f), rows=rows, parts=tuple(p['parts']),
              seeds=tuple(p['seeds']), image_size=tuple(p['image_size']))
     p.setdefault('root_env', None); p.setdefault('default_root', None)
@@ -112,7 +117,9 @@ def select_cells(cells: list, only=None, shard: Optional[str] = None, parts=None
         try: seeds = [int(x) for x in (str(seeds).split(',') if isinstance(seeds, (str, int)) else seeds)]
         except ValueError: raise ConfigError('seeds', f"expects numbers such as 0,1, got {seeds!r}") from None
         bad = [x for x in seeds if x not in {c['seed'] for c in allc}]
-        if bad: raise ConfigError('seeds', f"unknown seed(s) {bad}; valid: {', '.join(map(str, sorted({c['seed'] for c in allc})))}")
+        if bad:
+            valid = ', '.join(map(str, sorted({c['seed'] for c in allc})))
+            raise ConfigError('seeds', f"unknown seed(s) {bad}; valid: {valid}")
         cells = [c for c in cells if c['seed'] in seeds]
     if parts:
         parts = [q.strip() for q in (parts.split(',') if isinstance(parts, str) else parts) if q.strip()]
@@ -121,9 +128,13 @@ def select_cells(cells: list, only=None, shard: Optional[str] = None, parts=None
         cells = [c for c in cells if c['part'] in parts]
     if only:
         only = [o.strip() for o in (only.split(',') if isinstance(only, str) else only) if o.strip()]
-        rows, groups, methods = ({x for c in allc for x in f(c)} for f in (lambda c: [c['row']], lambda c: c['groups'], lambda c: [c['method']]))
+        rows, groups, methods = ({x for c in allc for x in f(c)} for f in (lambda c: [c['row']],
+                                                                           lambda c: c['groups'],
+                                                                           lambda c: [c['method']]))
         bad = [o for o in only if o not in rows | groups | methods]
-        if bad: raise ConfigError('only', f"unknown row(s) {bad}; valid rows: {', '.join(sorted(rows))}; groups: {', '.join(sorted(groups))}")
+        if bad: raise ConfigError('only',
+                                  f"unknown row(s) {bad}; valid rows: {', '.join(sorted(rows))}; groups: "
+                                  f"{', '.join(sorted(groups))}")
         # a row name is taken exactly; a group takes its rows; a method that is not also a row name takes all its rows
         keep = lambda c: any(o == c['row'] or o in c['groups'] or (o == c['method'] and o not in rows) for o in only)
         cells = [c for c in cells if keep(c)]
@@ -152,7 +163,9 @@ def _with_needs(allc: list, cells: list) -> list:
 
 # %% ../nbs/12_runner.ipynb #20d3647d
 # mkd-train's own flags for these config fields; any other field goes through --set (a cell's `needs` fields are flags too)
-_TRAIN_FLAGS = ('dataset', 'encoder', 'crop', 'batch_size', 'unlabeled_batch_size', 'lr', 'iters', 'eval_every', 'workers', 'device')
+TRAIN_MODULE = ('-m', 'mkd_nb.cli', 'train')   # `python -m mkd_nb.cli train` is mkd-train, with this very Python
+_TRAIN_FLAGS = ('dataset', 'encoder', 'crop', 'batch_size', 'unlabeled_batch_size', 'lr', 'iters',
+                'eval_every', 'workers', 'device')
 
 def cell_command(protocol, cell: dict, out, root: Optional[str] = None, threads: Optional[int] = None) -> list:
     "The `mkd-train` argument list of `cell` of `protocol`, writing into `out/runs/<cell name>`."
@@ -166,7 +179,7 @@ def cell_command(protocol, cell: dict, out, root: Optional[str] = None, threads:
     for k, v in {**{k: kw.pop(k) for k in (*_TRAIN_FLAGS, *cell['needs']) if k in kw}, **flat}.items():
         argv += [f"--{k.replace('_', '-')}", str(v)]
     if kw: argv += ['--set', ','.join(f"{k}={v}" for k, v in kw.items())]
-    return [sys.executable, '-m', 'mkd_nb.train'] + argv
+    return [sys.executable, *TRAIN_MODULE] + argv
 
 def need_path(out, dep: str) -> str:
     "The checkpoint a cell needs from cell `dep`: its `last.pt` (the network the table reports, at the last iteration)."
@@ -178,7 +191,8 @@ def protocol_root(protocol, root: Optional[str] = None) -> Optional[str]:
     if p['root_env'] is None: return root
     root = root or os.environ.get(p['root_env']) or p['default_root']
     if not root or not Path(root).is_dir():
-        raise ConfigError('root', f"protocol {p['name']} needs its data at {root} (not found): pass --root or set {p['root_env']}")
+        raise ConfigError('root',
+                          f"protocol {p['name']} needs its data at {root} (not found): pass --root or set {p['root_env']}")
     return str(Path(root).resolve())
 
 def cell_config(protocol, cell: dict, root: Optional[str] = None, out='.') -> Config:
@@ -232,8 +246,10 @@ def run_cells(protocol, cells: list, out, root: Optional[str] = None, jobs: int 
     for c in cells:
         if status[c['name']][0] == 'stale':
             res['stale'].append(c['name'])
-            log(f"  STALE {c['name']}: finished under another configuration ({status[c['name']][1]}); move its folder away to re-run it")
-    log(f"{load_protocol(protocol)['name']}: {len(cells)} cells selected, {len(res['done'])} finished, {len(todo)} to run ({jobs} at a time)")
+            log(f"  STALE {c['name']}: finished under another configuration ({status[c['name']][1]}); move "
+                f"its folder away to re-run it")
+    log(f"{load_protocol(protocol)['name']}: {len(cells)} cells selected, {len(res['done'])} finished, "
+        f"{len(todo)} to run ({jobs} at a time)")
     env = dict(os.environ, HF_HUB_OFFLINE=os.environ.get('HF_HUB_OFFLINE', '1'))
     running = []
     def reap():
@@ -244,7 +260,8 @@ def run_cells(protocol, cells: list, out, root: Optional[str] = None, jobs: int 
             ok = pr.returncode == 0 and cell_done(protocol, c, out) is not None
             res['ran' if ok else 'failed'].append(c['name'])
             tail = '' if ok else ' | ' + ' | '.join(Path(f.name).read_text(errors='replace').strip().splitlines()[-3:])
-            log(f"  {'finished' if ok else 'FAILED'} {c['name']} in {time.time() - t0:.0f} s (exit {pr.returncode}){tail}")
+            log(f"  {'finished' if ok else 'FAILED'} {c['name']} in {time.time() - t0:.0f} s (exit "
+                f"{pr.returncode}){tail}")
     by_name = {c['name']: c for c in protocol_cells(protocol)}
     def blocker(c):
         "None when every cell `c` needs has finished and left its checkpoint, 'wait' while one is queued or running here, else why not."
@@ -276,11 +293,14 @@ def run_cells(protocol, cells: list, out, root: Optional[str] = None, jobs: int 
         lock = os.open(d / '.lock', os.O_RDWR | os.O_CREAT)
         try: fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            os.close(lock); res['busy'].append(c['name']); log(f"  busy {c['name']}: another process is training it; skipped"); continue
+            os.close(lock); res['busy'].append(c['name']); log(f"  busy {c['name']}: another process is "
+                                                               f"training it; skipped"); continue
         f = open(d / 'stdout.log', 'a')
         f.write(f"\n$ {' '.join(cmd)}\n"); f.flush()
-        log(f"  start {c['name']}: mkd-train {' '.join(cmd[3:])}")
-        running.append((c, subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, pass_fds=(lock,)), f, time.time()))
+        log(f"  start {c['name']}: mkd-train {' '.join(cmd[1 + len(TRAIN_MODULE):])}")
+        running.append((c,
+                        subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, pass_fds=(lock,)),
+                        f, time.time()))
         os.close(lock)
     while running: reap(); time.sleep(0.5)
     return res
@@ -345,8 +365,10 @@ def _plan_lines(plan: list, jobs: int) -> list:
     again = {dep: w for p in plan if p['status'] == 'blocked' for dep, w in p['missing'].items()}   # teachers to train again, once each
     est = [p['est_s'] for p in todo if p['est_s'] is not None] + [w for w in again.values() if w]
     unknown = len(todo) - sum(p['est_s'] is not None for p in todo) + sum(not w for w in again.values())
-    L.append(f"{len(todo)} of {len(plan)} cells to run ({count('done')} done, {count('running')} running elsewhere, {count('stale')} stale"
-             + (f", {count('blocked')} blocked until {len(again)} finished teacher cell(s) whose checkpoints are gone train again, "
+    L.append(f"{len(todo)} of {len(plan)} cells to run ({count('done')} done, {count('running')} running "
+             f"elsewhere, {count('stale')} stale"
+             + (f", {count('blocked')} blocked until {len(again)} finished teacher cell(s) whose checkpoints "
+                f"are gone train again, "
                 f"counted below" if again else '') + f"): "
              f"about {sum(est) / 3600:.1f} cell-hours" + (f" plus {unknown} without an estimate" if unknown else '') +
              f"; with --jobs {jobs}, at least {max(sum(est) / jobs, max(est, default=0)) / 3600:.1f} h of wall time "

@@ -15,7 +15,6 @@ from PIL import Image
 
 import mkd_nb
 import mkd_nb.models as models_mod
-import mkd_nb.train as train_mod
 import mkd_nb.cli as cli
 from mkd_nb.core import ConfigError, make_config
 from mkd_nb.data import DataError, get_dataset, folder, read_split, write_split, check_dataset, save_splits, make_split
@@ -322,7 +321,7 @@ BAD_CONFIGS = [   # (argv, the field the error must name)
 @pytest.mark.parametrize('argv,field', BAD_CONFIGS, ids=[' '.join(a) for a, _ in BAD_CONFIGS])
 def test_bad_config_refused_before_work(argv, field, tmp_path, monkeypatch, capsys):
     out = tmp_path / 'run'
-    code, err = _main(monkeypatch, capsys, train_mod.main, ['--out', out, '--workers', '0', *argv])
+    code, err = _main(monkeypatch, capsys, cli.main_train, ['--out', out, '--workers', '0', *argv])
     assert code == 2 and f"mkd-train: error: config field `{field}`" in err, err
     assert 'Traceback' not in err and not out.exists()    # refused before the output folder was even made
 
@@ -336,7 +335,7 @@ def test_bad_config_refused_before_work(argv, field, tmp_path, monkeypatch, caps
 def test_config_data_contradictions_refused_before_training(argv, field, tmp_path, monkeypatch, capsys):
     steps = []
     monkeypatch.setattr(Trainer, 'train_step', lambda self, it: steps.append(it))
-    code, err = _main(monkeypatch, capsys, train_mod.main,
+    code, err = _main(monkeypatch, capsys, cli.main_train,
                       ['--out', tmp_path / 'run', '--workers', '0', '--set', 'synthetic_train=8,synthetic_val=2,synthetic_size=32', *argv])
     assert code == 2 and f"config field `{field}`" in err, err
     assert not steps and not (tmp_path / 'run' / 'last.pt').exists()
@@ -417,7 +416,7 @@ def test_crafted_pickle_does_not_execute(how, tmp_path, monkeypatch, capsys):
     with pytest.raises(CheckpointError, match='evil.pt'): load_checkpoint(evil)
     code, err = _main(monkeypatch, capsys, cli.main_eval, ['--ckpt', evil, '--quiet'])      # mkd-eval
     assert code == 2 and 'evil.pt' in err and 'Traceback' not in err
-    code, err = _main(monkeypatch, capsys, train_mod.main, ['--out', tmp_path / 'run', '--workers', '0', '--resume', evil,
+    code, err = _main(monkeypatch, capsys, cli.main_train, ['--out', tmp_path / 'run', '--workers', '0', '--resume', evil,
                                                              '--set', 'synthetic_train=8,synthetic_val=2,synthetic_size=32'])
     assert code == 2 and 'evil.pt' in err and 'Traceback' not in err                        # mkd-train --resume
     net = build_model(make_config('sup', encoder='resnet18', decoder_channels=16).model, 2)

@@ -12,7 +12,7 @@ def _bench(out, *args, fault=None):
                PYTHONPATH=os.pathsep.join([str(REPO)] + [p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep) if p]))
     env.pop('MKD_FAULT_EXIT_AT', None)
     if fault: env['MKD_FAULT_EXIT_AT'] = fault
-    cmd = [sys.executable, '-m', 'mkd_nb.bench', 'table', '--protocol', 'synthetic-tiny', '--out', str(out), '--threads', '1', *args]
+    cmd = [sys.executable, '-m', 'mkd_nb.cli', 'bench', 'table', '--protocol', 'synthetic-tiny', '--out', str(out), '--threads', '1', *args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -46,5 +46,5 @@ def test_table_refuses_unknown_names(tmp_path):
     r = _bench(tmp_path, '--only', 'mkdd', '--plan')
     assert r.returncode == 2 and "unknown row(s) ['mkdd']" in r.stderr
     env = dict(os.environ, HF_HUB_OFFLINE='1')
-    r = subprocess.run([sys.executable, '-m', 'mkd_nb.bench', 'table', '--protocol', 'nope'], env=env, capture_output=True, text=True)
+    r = subprocess.run([sys.executable, '-m', 'mkd_nb.cli', 'bench', 'table', '--protocol', 'nope'], env=env, capture_output=True, text=True)
     assert r.returncode == 2 and 'valid: camvid-cpu' in r.stderr

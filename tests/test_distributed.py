@@ -131,16 +131,16 @@ def test_mkd_state_identical_on_every_rank_and_rank1_writes_nothing():
 
 def _torchrun(nproc, args, timeout, **env):
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc-per-node', str(nproc), '--master-port', str(_free_port()),
-           '-m', 'mkd_nb.train', *args]
+           '-m', 'mkd_nb.cli', 'train', *args]
     return subprocess.run(cmd, env=_env(**env), capture_output=True, text=True, timeout=timeout)
 
 
 def test_nproc_launcher_only_rank0_writes():
-    "(c) `python -m mkd_nb.train --nproc 2` re-runs itself through torchrun; the folder holds one run's files, each written once."
+    "(c) `python -m mkd_nb.cli train --nproc 2` re-runs itself through torchrun; the folder holds one run's files, each written once."
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp, 'run')
         t0 = time.time()
-        p = subprocess.run([sys.executable, '-m', 'mkd_nb.train', '--nproc', '2', '--method', 'sup', '--iters', '4', '--eval-every', '2',
+        p = subprocess.run([sys.executable, '-m', 'mkd_nb.cli', 'train', '--nproc', '2', '--method', 'sup', '--iters', '4', '--eval-every', '2',
                             '--out', str(out), *CLI_TINY], env=_env(), capture_output=True, text=True, timeout=180)
         assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
         assert 'torch.distributed.run' in p.stderr and '--nproc-per-node=2' in p.stderr

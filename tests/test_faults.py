@@ -17,6 +17,7 @@ from mkd_nb.models import save_checkpoint, load_checkpoint, CheckpointError
 import mkd_nb.models as models_mod
 import mkd_nb.train as train_mod
 from mkd_nb.train import Trainer, TrainingError, check_output_dir, mkd_train
+from mkd_nb.cli import main_train
 
 REPO = Path(__file__).resolve().parents[1]
 SEED = 20240609   # draws the kill points; change it to try other ones
@@ -31,7 +32,7 @@ def _env():
 
 def _train_cmd():
     exe = Path(sys.executable).parent / 'mkd-train'
-    return [str(exe)] if exe.exists() else [sys.executable, '-m', 'mkd_nb.train']
+    return [str(exe)] if exe.exists() else [sys.executable, '-m', 'mkd_nb.cli', 'train']
 
 
 def _argv(method, out, iters, eval_every, *extra):
@@ -290,8 +291,7 @@ def test_unwritable_output_dir_refused_before_work(tmp_path, capsys, monkeypatch
     monkeypatch.setattr(train_mod, 'build_data', lambda *a, **k: built.append(1))
     with pytest.raises(TrainingError, match=f"output folder {out} is not writable"): Trainer(_cfg(out))
     monkeypatch.setattr(sys, 'argv', ['mkd-train', *_argv('sup', out, 4, 2)])
-    with pytest.raises(SystemExit) as ex: train_mod.main()
-    assert ex.value.code == 2 and 'mkd-train: error: output folder' in capsys.readouterr().err
+    assert main_train() == 2 and 'mkd-train: error: output folder' in capsys.readouterr().err
     assert not built                                  # refused before any data was read
 
 
@@ -346,9 +346,8 @@ def test_corrupt_last_checkpoint_is_an_error_not_a_fresh_start(tmp_path, capsys,
     with pytest.raises(CheckpointError, match='last.pt: cannot read it: truncated or corrupt'):
         Trainer(_cfg(out, iters=4, eval_every=2, resume='auto'))
     monkeypatch.setattr(sys, 'argv', ['mkd-train', *_argv('sup', out, 4, 2, '--resume', 'auto')])
-    with pytest.raises(SystemExit) as ex: train_mod.main()
-    err = capsys.readouterr().err
-    assert ex.value.code == 2 and 'mkd-train: error: checkpoint' in err and 'last.pt' in err and 'Traceback' not in err
+    code, err = main_train(), capsys.readouterr().err
+    assert code == 2 and 'mkd-train: error: checkpoint' in err and 'last.pt' in err and 'Traceback' not in err
 
 
 # ------------------------------------------------------------------ the dataset changes under a resumed run

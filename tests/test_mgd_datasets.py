@@ -17,7 +17,8 @@ from PIL import Image
 from mkd_nb.data import VOC_INFO
 from mkd_nb.mgd import load_teacher, weights_fingerprint
 from mkd_nb.models import load_checkpoint
-from mkd_nb.train import mkd_train, main
+from mkd_nb.train import mkd_train
+from mkd_nb.cli import main_train
 
 TINY = dict(crop=32, batch_size=2, iters=1, eval_every=1, workers=0, labeled='1/2', threads=1)
 
@@ -114,8 +115,7 @@ def test_mgd_console_script_on_camvid(camvid_root, tmp_path, monkeypatch):
             '--root', camvid_root, '--crop', 32, '--batch-size', 2, '--iters', 1, '--eval-every', 1, '--workers', 0,
             '--labeled', '1/2', '--threads', 1, '--out', tmp_path / 'mgd', '--set', _set(data, decoder_channels=16)]
     monkeypatch.setattr(sys, 'argv', list(map(str, argv)))
-    try: main()
-    except SystemExit as e: assert not e.code, e.code
+    assert main_train() == 0
     _check_mgd_run(tmp_path / 'mgd', deep, wide)
     labeled = (tmp_path / 'mgd' / 'splits' / 'labeled.txt').read_text().splitlines()
     assert len(labeled) == 3 and all(l.startswith('train/') for l in labeled), labeled     # half of the 6-image pool

@@ -62,13 +62,13 @@ def test_own_folder_end_to_end(tmp_path, monkeypatch, capsys):
     run = tmp_path / 'run'
     tiny = ['--crop', 32, '--batch-size', 2, '--iters', 6, '--eval-every', 3, '--workers', 0, '--threads', 1,
             '--set', 'decoder_channels=16,log_every=1']
-    assert _main(monkeypatch, train_mod.main, ['--method', 'mkd', '--dataset', 'folder', '--root', root, '--num-classes', 3,
+    assert _main(monkeypatch, cli.main_train, ['--method', 'mkd', '--dataset', 'folder', '--root', root, '--num-classes', 3,
                                                '--out', run, *tiny]) == 2
     assert f'label values [{VOID}]' in capsys.readouterr().err and not run.exists()
     # mkd-train --method mkd from the defaults: every image with a mask labeled, 10 % held out for validation
     old = os.umask(0o022)
     try:
-        assert _main(monkeypatch, train_mod.main, ['--method', 'mkd', '--dataset', 'folder', '--root', root, '--num-classes', 3,
+        assert _main(monkeypatch, cli.main_train, ['--method', 'mkd', '--dataset', 'folder', '--root', root, '--num-classes', 3,
                                                    '--void', VOID, '--out', run, *tiny]) == 0
     finally: os.umask(old)
     log = (run / 'log.txt').read_text()

@@ -1,5 +1,6 @@
 """The protocol files (mkd_nb/protocols/*.toml) against the Python dict they replaced: tests/data/protocols-before-toml.json
-is that dict's expansion, frozen before it was deleted (every cell, its `mkd-train` command and its `make_config` keywords).
+is that dict's expansion, frozen before it was deleted (every cell, its `mkd-train` command and its `make_config` keywords;
+the commands' module prefix was rewritten once, `-m mkd_nb.train` to `-m mkd_nb.cli train`, when the command lines moved).
 The files must give exactly the same cells, names, commands and configurations, so the committed runs stay 'done'."""
 import json, sys
 from pathlib import Path
