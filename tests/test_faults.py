@@ -5,6 +5,7 @@ Every test checks two things: the fault gives a clear error (naming the iteratio
 written before the fault is lost or silently replaced by garbage. RELIABILITY.md at the repo top summarises the outcomes."""
 import errno, hashlib, json, os, random, shutil, signal, subprocess, sys, time
 from pathlib import Path
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -216,7 +217,7 @@ def test_nan_loss_stops_and_keeps_checkpoint(tmp_path):
     tr = Trainer(_cfg(tmp_path / 'run'))
     saved = _spy_saves(tr)
     def nan_term(out):
-        out = dict(out); out['sup'] = out['sup'] * float('nan'); out['loss'] = out['sup']; return out
+        sup = out.terms['sup'] * float('nan'); return replace(out, loss=sup, terms={**out.terms, 'sup': sup})
     _inject(tr, 5, nan_term)                        # iteration 5 (the 6th step), after the checkpoint at 4
     with pytest.raises(TrainingError, match=r"iteration 5: loss term `sup` is nan"): tr.fit()
     assert saved and saved[-1][0] == 4
@@ -267,7 +268,7 @@ def test_fp16_overflow_step_skipped_and_counted_cpu_emulation(tmp_path):
         out = orig(lab, unl)
         if i == 1:                                   # the last step: overflows
             snap['before'] = [p.detach().clone() for p in params()]
-            out = dict(out); out['sup'] = out['sup'] * float('inf'); out['loss'] = out['loss'] * float('inf')
+            out = replace(out, loss=out.loss * float('inf'), terms={**out.terms, 'sup': out.terms['sup'] * float('inf')})
         return out
     tr.method.step = step
     m = tr.fit()
