@@ -172,7 +172,8 @@ class MGD(Method):
         terms = self.terms(parts)                     # losses
         valid, logs, pseudo = parts['v_mix'], {}, None
         deep_logits = parts.get('td_mix', parts.get('td_on_mix'))   # the deep teacher on the mixed images
-        if deep_logits is not None: pseudo = (torch.where(valid, deep_logits.argmax(1), IGNORE_INDEX), parts['gt_mix'])
+        if deep_logits is not None:
+            pseudo = (torch.where(valid, deep_logits.argmax(1), IGNORE_INDEX), parts['gt_mix'])
         if 'tw_mix' in parts:                         # how often the two teachers agree on the mixed images
             agree = (parts['td_mix'].argmax(1) == parts['tw_mix'].argmax(1)) & valid
             logs['t_agree'] = agree.sum() / valid.sum().clamp_min(1)
