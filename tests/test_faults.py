@@ -234,7 +234,7 @@ def test_nan_loss_stops_and_keeps_checkpoint(tmp_path):
 def test_inf_loss_term_named(tmp_path):
     tr = Trainer(_cfg(tmp_path / 'run', iters=4, eval_every=2))
     def inf_term(out):
-        out = dict(out); out['sup'] = out['sup'] + float('inf'); out['loss'] = out['sup']; return out
+        sup = out.terms['sup'] + float('inf'); return replace(out, loss=sup, terms={**out.terms, 'sup': sup})
     _inject(tr, 0, inf_term)
     with pytest.raises(TrainingError, match=r"iteration 0: loss term `sup` is inf"): tr.fit()
     assert not (tmp_path / 'run' / 'last.pt').exists()       # nothing garbage was saved
@@ -247,8 +247,7 @@ def test_nonfinite_weights_never_checkpointed(tmp_path):
     def inf_grad(out):
         p = next(tr.method.students()[0].parameters())
         s = p.sum()
-        out = dict(out); out['loss'] = out['loss'] + torch.sqrt(s - s.detach())   # value 0, gradient +inf
-        return out
+        return replace(out, loss=out.loss + torch.sqrt(s - s.detach()))   # value 0, gradient +inf
     _inject(tr, 7, inf_grad)                         # the last step before the evaluation at 8
     with pytest.raises(TrainingError, match='non-finite'): tr.fit()
     assert saved[-1][0] == 4 and _sha(tmp_path / 'run' / 'last.pt') == saved[-1][1]
