@@ -79,7 +79,7 @@ def _step_fn(cfg: Config, num_classes: int = 11) -> dict:
 
     def full():
         with ctx(): out = method.step(lab, unl if unlabeled else None)
-        update(out['loss']); method.after_step()
+        update(out.loss); method.after_step()
 
     passes = method.passes(nl, nu)
     xs = [fmt(torch.randn(n, 3, c, c, device=device)) for _, n, _, _ in passes]

@@ -316,13 +316,13 @@ def check_distributed(part: Part, ctx: Context, net: dict):
         lab, unl = ({k: v.to(ctx.device) for k, v in b.items()} for b in toy_batch(n, n, c, 5))
         with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=ctx.cuda):
             out = method.step(lab, unl)
-        out['loss'].backward()
+        out.loss.backward()
         params = [p for s in method.students() for p in s.parameters() if p.requires_grad]
         calls = sync_grads(params, _bn_buffers(method.students() + method.teachers()), world=1)
         grads = [p.grad for p in params if p.grad is not None]
         part.check(f'sync_grads ({backend})', calls >= 1 and len(grads) > 0 and all(torch.isfinite(g).all() for g in grads),
-                   collectives=calls, loss=out['loss'].item())
-        if ctx.cuda: part.check('training step with SyncBatchNorm', math.isfinite(out['loss'].item()), loss=out['loss'].item())
+                   collectives=calls, loss=out.loss.item())
+        if ctx.cuda: part.check('training step with SyncBatchNorm', math.isfinite(out.loss.item()), loss=out.loss.item())
         else: part.check('training step with SyncBatchNorm', skip=NO_CUDA)
     finally: dist.destroy_process_group()
 

@@ -18,9 +18,9 @@ from .feature_aug import ClassStats, isda_logits, cosine_ramp, labels_at
 from .losses import ce_loss, pseudo_labels, pseudo_ce, structured_consistency
 
 # %% auto #0
-__all__ = ['mix_variant', 'draw_mix', 'MixHP', 'ThresholdHP', 'TeacherHP', 'EMAHP', 'SCLHP', 'Method', 'Supervised', 'toy_batch',
-           'scl_term', 'MeanTeacherHP', 'MeanTeacher', 'cross_ce', 'CPSHP', 'CPS', 'UniMatchHP', 'UniMatch',
-           'resize_to', 'decoder_maps', 'MKDHP', 'MKD', 'build_method', 'show_step']
+__all__ = ['mix_variant', 'draw_mix', 'StepOutput', 'paste', 'MixHP', 'ThresholdHP', 'TeacherHP', 'EMAHP', 'SCLHP', 'Method',
+           'Supervised', 'toy_batch', 'scl_term', 'MeanTeacherHP', 'MeanTeacher', 'cross_ce', 'CPSHP', 'CPS',
+           'UniMatchHP', 'UniMatch', 'resize_to', 'decoder_maps', 'MKDHP', 'MKD', 'build_method', 'show_step']
 
 # %% ../nbs/08_methods.ipynb #7f893ee3
 def mix_variant(hp) -> str:
@@ -35,6 +35,30 @@ def draw_mix(unl: dict, variant: str, labels=None):
     if variant == 'none': return torch.zeros(n, h, w, dtype=torch.bool, device=x.device), perm
     if variant == 'classmix': return classmix_masks(labels_at(labels, (h, w)), perm), perm
     return cutmix_masks(n, h, w, variant=variant, device=x.device), perm
+
+# %% ../nbs/08_methods.ipynb #51822341
+@dataclass
+class StepOutput:
+    "What one `step` returns: the loss to back-propagate, the scalars to log, and maps for figures and the viewer."
+    loss: torch.Tensor
+    terms: dict                          # name -> detached 0-dim tensor, logged under that name (metrics.jsonl)
+    pseudo: tuple | None = None          # (pseudo-labels, ground truth at their resolution) of the unlabeled images
+    mixed: torch.Tensor | None = None    # the strong mixed images the student(s) saw, detached
+
+    @classmethod
+    def of_terms(cls, terms: dict, loss=None, logs=None, **maps) -> StepOutput:
+        "The loss is the sum of `terms` unless given; each term is logged detached, then the extra `logs`."
+        loss = sum(terms.values()) if loss is None else loss
+        return cls(loss, {**{name: term.detach() for name, term in terms.items()}, **(logs or {})}, **maps)
+
+    def scalars(self) -> dict:
+        "Everything the Trainer logs, the loss first: {'loss': ..., **terms}."
+        return {'loss': self.loss, **self.terms}
+
+def paste(mask: torch.Tensor, own: torch.Tensor, partner: torch.Tensor) -> torch.Tensor:
+    "`own` with the pixels under `mask` (resized to it, nearest) taken from `partner` at the same place."
+    inside = labels_at(mask.long(), own.shape[-2:]).bool()
+    return torch.where(inside.view(len(own), *[1] * (own.dim() - 3), *own.shape[-2:]), partner, own)
 
 # %% ../nbs/08_methods.ipynb #57697486
 @dataclass
@@ -119,7 +143,7 @@ class Method(nn.Module):
     def students(self) -> list: raise NotImplementedError
     def teachers(self) -> list: return []
     def eval_nets(self) -> list: return self.students()[:1]
-    def step(self, lab: dict, unl: dict | None) -> dict: raise NotImplementedError
+    def step(self, lab: dict, unl: dict | None) -> StepOutput: raise NotImplementedError
     def passes(self, nl: int, nu: int) -> list:
         "The network passes one step runs: (network, images, with_grad, fp_dropout), for the step benchmark."
         raise NotImplementedError
@@ -153,19 +177,20 @@ class Supervised(Method):
     def passes(self, nl, nu): return [(self.net, nl, True, 0.0)]
     def step(self, lab, unl=None):
         loss = ce_loss(self.net(lab['img']), lab['mask'])
-        return {'loss': loss, 'sup': loss.detach()}
+        return StepOutput(loss, {'sup': loss.detach()})
 
 # %% ../nbs/08_methods.ipynb #1f20842c
 def toy_batch(n=2, nu=2, size=32, num_classes=3, seed=0):
-    "A random (labeled, unlabeled) pair of batches in the loader's format, for examples and tests."
-    g = torch.Generator().manual_seed(seed)
-    img = lambda k: torch.randn(k, 3, size, size, generator=g)
-    lab = {'img': img(n), 'mask': torch.randint(0, num_classes, (n, size, size), generator=g)}
-    w = img(nu)
-    unl = {'weak': w, 'strong1': w + 0.1 * torch.randn(w.shape, generator=g), 'strong2': w - 0.1 * torch.randn(w.shape, generator=g),
-           'valid': torch.ones(nu, size, size, dtype=torch.bool),
-           'gt': torch.randint(0, num_classes, (nu, size, size), generator=g), 'index': torch.arange(nu)}
-    return lab, unl
+    "A random (labeled, unlabeled) pair of batches in the loader's format (partner views included), for examples and tests."
+    gen = torch.Generator().manual_seed(seed)
+    images = lambda k: torch.randn(k, 3, size, size, generator=gen)
+    lab = {'img': images(n), 'mask': torch.randint(0, num_classes, (n, size, size), generator=gen)}
+    def views(weak):
+        return {'weak': weak, 'strong1': weak + 0.1 * torch.randn(weak.shape, generator=gen),
+                'strong2': weak - 0.1 * torch.randn(weak.shape, generator=gen), 'valid': torch.ones(nu, size, size, dtype=torch.bool)}
+    unl = {**views(images(nu)), 'gt': torch.randint(0, num_classes, (nu, size, size), generator=gen), 'index': torch.arange(nu)}
+    partner = views(torch.roll(unl['weak'], 3, dims=-1) + 0.05 * torch.randn(unl['weak'].shape, generator=gen))  # "another crop"
+    return lab, {**unl, **{f'{key}_partner': view for key, view in partner.items()}}
 
 # %% ../nbs/08_methods.ipynb #55dc2e83
 def scl_term(hp, s_logits, t_logits, mix_mask):
@@ -194,19 +219,21 @@ class MeanTeacher(Method):
     def passes(self, nl, nu): return [(self.teacher, nu, False, 0.0), (self.student, nl + nu, True, 0.0)]
 
     def step(self, lab, unl):
-        o, s, nl = self.hp, self.loss_stride, len(lab['img'])
-        with torch.no_grad(): t_w = self.teacher(unl['weak'], out_stride=s)
-        m, perm = draw_mix(unl, mix_variant(o), t_w.argmax(1))
-        x_mix, = mix(m, perm, unl['strong1'])
-        t_mix, v_mix, gt_mix = mix(m, perm, t_w, unl['valid'], unl['gt'])
-        v = labels_at(v_mix.long(), t_mix.shape[-2:]).bool()
-        pl, _ = pseudo_labels(t_mix, o.conf_thresh, v)
-        logits = self.student(torch.cat([lab['img'], x_mix]), out_stride=s)
-        terms = {'sup': ce_loss(logits[:nl], labels_at(lab['mask'], logits.shape[-2:])),
-                 'unsup': pseudo_ce(logits[nl:], pl, v)}
-        if o.scl_weight > 0: terms['scl'] = o.scl_weight * scl_term(o, logits[nl:], t_mix, m)
-        return {'loss': sum(terms.values()), **{k: v.detach() for k, v in terms.items()},
-                'pseudo': (pl, labels_at(gt_mix, pl.shape[-2:])), 'mixed': x_mix.detach()}
+        hp, stride, n_lab = self.hp, self.loss_stride, len(lab['img'])
+        with torch.no_grad(): teacher_weak = self.teacher(unl['weak'], out_stride=stride)
+        mask, perm = draw_mix(unl, mix_variant(hp), teacher_weak.argmax(1))
+        mixed, = mix(mask, perm, unl['strong1'])
+        teacher_mixed, mixed_valid, mixed_gt = mix(mask, perm, teacher_weak, unl['valid'], unl['gt'])
+        student = self.student(torch.cat([lab['img'], mixed]), out_stride=stride)
+        student_lab, student_mixed = student[:n_lab], student[n_lab:]
+        # losses: labels, then the teacher's confident argmax on the mixed view
+        valid = labels_at(mixed_valid.long(), teacher_mixed.shape[-2:]).bool()
+        pseudo, _ = pseudo_labels(teacher_mixed, hp.conf_thresh, valid)
+        terms = {'sup': ce_loss(student_lab, labels_at(lab['mask'], student.shape[-2:])),
+                 'unsup': pseudo_ce(student_mixed, pseudo, valid)}
+        if hp.scl_weight > 0: terms['scl'] = hp.scl_weight * scl_term(hp, student_mixed, teacher_mixed, mask)
+        mixed_gt = labels_at(mixed_gt, pseudo.shape[-2:])
+        return StepOutput.of_terms(terms, pseudo=(pseudo, mixed_gt), mixed=mixed.detach())
 
 # %% ../nbs/08_methods.ipynb #939cd6a9
 def cross_ce(a, b, valid):
@@ -241,61 +268,110 @@ class CPS(Method):
         return targets + [(self.s1, nl + nu, True, 0.0), (self.s2, nl + nu, True, 0.0)]
 
     def step(self, lab, unl):
-        o, s, nl = self.hp, self.loss_stride, len(lab['img'])
-        m, perm = draw_mix(unl, mix_variant(o) if o.cutmix != 'classmix' else ('mkd' if o.cutmix_boxes == 'code' else 'mkd-wide'))
-        x_mix, v_mix, gt_mix = mix(m, perm, unl['strong1'], unl['valid'], unl['gt'])
-        if o.cps_targets == 'unmixed':   # each student labels the unmixed weak view; its logits are mixed like the images
-            with torch.no_grad(): t1, t2 = (mix(m, perm, net(unl['weak'], out_stride=s))[0] for net in (self.s1, self.s2))
-        x = torch.cat([lab['img'], x_mix])
-        l1, l2 = self.s1(x, out_stride=s), self.s2(x, out_stride=s)
-        if o.cps_targets == 'mixed': t1, t2 = l1[nl:].detach(), l2[nl:].detach()
-        y = labels_at(lab['mask'], l1.shape[-2:])
-        v = labels_at(v_mix.long(), l1.shape[-2:]).bool()
-        pl1, pl2 = (torch.where(v, t.argmax(1), IGNORE_INDEX) for t in (t1, t2))
-        terms = {'sup': ce_loss(l1[:nl], y) + ce_loss(l2[:nl], y),
-                 'cps': o.lambda_cps * (pseudo_ce(l1[nl:], pl2, v) + pseudo_ce(l2[nl:], pl1, v))}
-        return {'loss': sum(terms.values()), **{k: t.detach() for k, t in terms.items()},
-                'pseudo': (pl2, labels_at(gt_mix, v.shape[-2:])), 'mixed': x_mix.detach()}
+        hp, stride, n_lab = self.hp, self.loss_stride, len(lab['img'])
+        boxes = 'mkd' if hp.cutmix_boxes == 'code' else 'mkd-wide'   # CPS's boxes, even under classmix
+        mask, perm = draw_mix(unl, mix_variant(hp) if hp.cutmix != 'classmix' else boxes)
+        mixed, mixed_valid, mixed_gt = mix(mask, perm, unl['strong1'], unl['valid'], unl['gt'])
+        if hp.cps_targets == 'unmixed':   # each student labels the unmixed weak view, mixed like the images
+            with torch.no_grad():
+                weak1, weak2 = (net(unl['weak'], out_stride=stride) for net in (self.s1, self.s2))
+            target1, target2 = mix(mask, perm, weak1, weak2)
+        images = torch.cat([lab['img'], mixed])
+        logits1, logits2 = self.s1(images, out_stride=stride), self.s2(images, out_stride=stride)
+        if hp.cps_targets == 'mixed': target1, target2 = logits1[n_lab:].detach(), logits2[n_lab:].detach()
+        # losses: labels, then each student learns the other's argmax
+        labels = labels_at(lab['mask'], logits1.shape[-2:])
+        valid = labels_at(mixed_valid.long(), logits1.shape[-2:]).bool()
+        pseudo1, pseudo2 = (torch.where(valid, target.argmax(1), IGNORE_INDEX)
+                            for target in (target1, target2))
+        cross = pseudo_ce(logits1[n_lab:], pseudo2, valid) + pseudo_ce(logits2[n_lab:], pseudo1, valid)
+        terms = {'sup': ce_loss(logits1[:n_lab], labels) + ce_loss(logits2[:n_lab], labels),
+                 'cps': hp.lambda_cps * cross}
+        mixed_gt = labels_at(mixed_gt, valid.shape[-2:])
+        return StepOutput.of_terms(terms, pseudo=(pseudo2, mixed_gt), mixed=mixed.detach())
 
 # %% ../nbs/08_methods.ipynb #07216911
 @dataclass
 class UniMatchHP(ThresholdHP, MixHP):
-    "UniMatch's options: its code's threshold, box and feature perturbation."
+    "UniMatch's options: its code's threshold, box, feature perturbation and CutMix partner."
     cutmix: str = 'unimatch'
     conf_thresh: float = 0.95
     fp_dropout: float = 0.5        # Dropout2d on encoder features for the feature-perturbation stream
     halve_loss: bool = True        # UniMatch code: the whole loss / 2 (half the step of the other methods at one LR)
+    mix_partner: str = 'second_view'  # whose pixels fill each strong view's box: 'second_view' (UniMatch code: another
+                                      # crop of the same image, labeled by an eval-mode pass; needs data.partner_views)
+                                      # or 'batch' (another image of the batch, labeled by the train-mode weak pass)
     def check(self):
         super().check()
         self.require(0 <= self.fp_dropout < 1, 'fp_dropout', f"must be in [0, 1), got {self.fp_dropout}")
+        self.one_of('mix_partner', ('second_view', 'batch'))
+        self.require(not (self.mix_partner == 'second_view' and self.cutmix == 'classmix'), 'mix_partner',
+                     "cutmix='classmix' picks classes of another image of the batch: use mix_partner='batch' with it")
         return self
 
 @register_method
 class UniMatch(Method):
     "Weak->strong consistency with two strong views and feature perturbation."
     name, HP = 'unimatch', UniMatchHP
+    data_defaults = dict(partner_views=True)   # the code's CutMix partner: a second view of each unlabeled image
+    partner_keys = ('weak_partner', 'strong1_partner', 'strong2_partner', 'valid_partner')
     def __init__(self, cfg, num_classes):
         super().__init__(cfg, num_classes)
+        if self.hp.mix_partner == 'second_view' and not cfg.data.partner_views:
+            raise ConfigError('method.mix_partner', "'second_view' needs data.partner_views=true (make_config('unimatch') "
+                              "sets it); a run folder written before mix_partner existed ran with 'batch': add "
+                              "\"mix_partner\": \"batch\" to the method section of its config.json")
         self.net = self.new_net()
     def students(self): return [self.net]
-    def passes(self, nl, nu): return [(self.net, nl + nu, True, self.hp.fp_dropout), (self.net, 2 * nu, True, 0.0)]
+    def passes(self, nl, nu):
+        partner = [(self.net, nu, False, 0.0)] if self.hp.mix_partner == 'second_view' else []
+        return [(self.net, nl + nu, True, self.hp.fp_dropout)] + partner + [(self.net, 2 * nu, True, 0.0)]
+
+    @torch.no_grad()
+    def partner_logits(self, unl):
+        "The code's partner targets: the network in eval mode (running BN statistics, no dropout) on the partner weak view."
+        missing = [key for key in self.partner_keys if key not in unl]
+        if missing: raise ValueError(f"unimatch: mix_partner='second_view' needs the unlabeled batch's "
+                                     f"{', '.join(missing)} (data.partner_views=true), or set mix_partner='batch'")
+        was_training = self.net.training
+        self.net.eval()
+        try: return self.net(unl['weak_partner'], out_stride=self.loss_stride)
+        finally: self.net.train(was_training)
+
+    def cutmix(self, box, unl, view, weak_pseudo, weak_valid, partner_logits):
+        "Strong `view` with its box filled from the partner; targets, their validity and ground truth mixed alike."
+        mask, perm = box
+        if partner_logits is None:   # another image of the batch, labeled by this step's weak pass
+            mixed, gt = mix(mask, perm, unl[view], unl['gt'])
+            pseudo, valid = mix(mask, perm, weak_pseudo, weak_valid)
+        else:                        # the second view of the same image, labeled by the eval-mode pass
+            partner_valid = labels_at(unl['valid_partner'].long(), weak_valid.shape[-2:]).bool()
+            partner_pseudo, _ = pseudo_labels(partner_logits, self.hp.conf_thresh, partner_valid)
+            pairs = ((unl[view], unl[f'{view}_partner']), (weak_pseudo, partner_pseudo), (weak_valid, partner_valid))
+            mixed, pseudo, valid = (paste(mask, own, partner) for own, partner in pairs)
+            gt = paste(mask, unl['gt'], torch.full_like(unl['gt'], IGNORE_INDEX))   # the partner's labels: not loaded
+        return mixed, pseudo, valid, labels_at(gt, pseudo.shape[-2:])
 
     def step(self, lab, unl):
-        o, s, nl = self.hp, self.loss_stride, len(lab['img'])
-        preds, preds_fp = self.net(torch.cat([lab['img'], unl['weak']]), out_stride=s, fp_dropout=o.fp_dropout)
-        p_x, p_w, p_fp = preds[:nl], preds[nl:].detach(), preds_fp[nl:]
-        valid = labels_at(unl['valid'].long(), p_w.shape[-2:]).bool()
-        (m1, perm1), (m2, perm2) = draw_mix(unl, mix_variant(o), p_w.argmax(1)), draw_mix(unl, mix_variant(o), p_w.argmax(1))
-        x1, = mix(m1, perm1, unl['strong1']); x2, = mix(m2, perm2, unl['strong2'])
-        p_s1, p_s2 = self.net(torch.cat([x1, x2]), out_stride=s).chunk(2)
-        pl_w, _ = pseudo_labels(p_w, o.conf_thresh, valid)
-        pl_1, v_1 = mix(m1, perm1, pl_w, valid); pl_2, v_2 = mix(m2, perm2, pl_w, valid)
-        terms = {'sup': ce_loss(p_x, labels_at(lab['mask'], p_x.shape[-2:])),
-                 'strong': (pseudo_ce(p_s1, pl_1, v_1) + pseudo_ce(p_s2, pl_2, v_2)) / 2,
-                 'fp': pseudo_ce(p_fp, pl_w, valid)}
-        loss = (terms['sup'] + 0.5 * terms['strong'] + 0.5 * terms['fp']) / (2 if o.halve_loss else 1)
-        return {'loss': loss, **{k: t.detach() for k, t in terms.items()}, 'pseudo': (pl_1, labels_at(mix(m1, perm1, unl['gt'])[0], pl_1.shape[-2:])),
-                'mixed': x1.detach()}
+        hp, stride, n_lab = self.hp, self.loss_stride, len(lab['img'])
+        partner_logits = self.partner_logits(unl) if hp.mix_partner == 'second_view' else None
+        images = torch.cat([lab['img'], unl['weak']])
+        logits, fp_logits = self.net(images, out_stride=stride, fp_dropout=hp.fp_dropout)
+        lab_logits, weak_logits, fp_weak_logits = logits[:n_lab], logits[n_lab:].detach(), fp_logits[n_lab:]
+        boxes = [draw_mix(unl, mix_variant(hp), weak_logits.argmax(1)) for _ in range(2)]
+        weak_valid = labels_at(unl['valid'].long(), weak_logits.shape[-2:]).bool()
+        weak_pseudo, _ = pseudo_labels(weak_logits, hp.conf_thresh, weak_valid)
+        targets = (weak_pseudo, weak_valid, partner_logits)
+        (mixed1, pseudo1, valid1, gt1), (mixed2, pseudo2, valid2, _) = (
+            self.cutmix(box, unl, view, *targets) for box, view in zip(boxes, ('strong1', 'strong2')))
+        strong1_logits, strong2_logits = self.net(torch.cat([mixed1, mixed2]), out_stride=stride).chunk(2)
+        # losses: labels, the two mixed strong views, the feature-perturbed weak view
+        strong = pseudo_ce(strong1_logits, pseudo1, valid1) + pseudo_ce(strong2_logits, pseudo2, valid2)
+        terms = {'sup': ce_loss(lab_logits, labels_at(lab['mask'], lab_logits.shape[-2:])),
+                 'strong': strong / 2,
+                 'fp': pseudo_ce(fp_weak_logits, weak_pseudo, weak_valid)}
+        loss = (terms['sup'] + 0.5 * terms['strong'] + 0.5 * terms['fp']) / (2 if hp.halve_loss else 1)
+        return StepOutput.of_terms(terms, loss=loss, pseudo=(pseudo1, gt1), mixed=mixed1.detach())
 
 # %% ../nbs/08_methods.ipynb #25e162c1
 def resize_to(t: torch.Tensor, size, stride: int) -> torch.Tensor:
@@ -366,7 +442,8 @@ class MKD(Method):
         on = {p.strip() for p in self.hp.feature_aug_on.split(',')} if self.hp.feature_aug else set()
         self.fa_students, self.fa_teachers = 'students' in on, 'teachers' in on
         self.stats = nn.ModuleList([ClassStats(num_classes, self.s1.feat_dim) for _ in range(4)])  # S1, S2, T1, T2
-        self.last = {}   # the last step's network maps, mask and targets (for figures and the replay tests)
+        self.keep_maps = False   # True: each step keeps its network maps, mask and targets in `self.last` (figures, tests)
+        self.last = {}
 
     def students(self): return [self.s1, self.s2]
     def teachers(self): return [self.t1, self.t2]
@@ -407,56 +484,70 @@ class MKD(Method):
             aug, raw = (torch.cat([t[:nl], mix(m, perm, t[nl:])[0]]) for t in (aug, raw))
         return aug, raw
 
+    def student_logits(self, k, net, maps, lab_labels, n_lab, size):
+        "Student k's logits at the loss resolution, feature-augmented with the labels and, on mixed images, its own argmax."
+        logits = resize_to(maps[0], size, self.loss_stride)
+        if not self.fa_students: return logits
+        labels = torch.cat([lab_labels, logits[n_lab:].detach().argmax(1)])
+        return self.augment(k, net, logits, self.stats_feats(maps[1], size), labels, n_lab)
+
+    def pseudo_targets(self, augmented, raw, valid):
+        "A teacher's hard targets: its augmented argmax where valid and confident (confidence per `conf_source`)."
+        conf = (raw if self.hp.conf_source == 'raw' else augmented).float().softmax(1).amax(1)
+        return torch.where(valid & (conf >= self.hp.conf_thresh), augmented.argmax(1), IGNORE_INDEX)
+
+
     def step(self, lab, unl):
-        o, s, nl, nu = self.hp, self.loss_stride, len(lab['img']), len(unl['weak'])
-        lean, size = o.lean_passes, unl['weak'].shape[-2:]
-        tl = 0 if lean else nl                                         # labeled images in the teachers' batch
-        with torch.no_grad():                                          # teachers: weak view (official: labeled images too)
-            t_in = unl['weak'] if lean else torch.cat([lab['img'], unl['weak']])
-            t_maps = [decoder_maps(t, t_in) for t in (self.t1, self.t2)]
-        m, perm = draw_mix(unl, mix_variant(o), resize_to(t_maps[0][0][tl:], size, s).argmax(1))
-        x_mix, v_mix, gt_mix = mix(m, perm, unl['strong1'], unl['valid'], unl['gt'])
-        ls = (math.ceil(size[0] / s), math.ceil(size[1] / s))
-        v_mix, y_lab = labels_at(v_mix.long(), ls).bool(), labels_at(lab['mask'], ls)
-        with torch.no_grad():
-            t_out = [self.teacher_targets(k, t, mp, m, perm, y_lab[:tl], tl, size)
-                     for k, t, mp in ((2, self.t1, t_maps[0]), (3, self.t2, t_maps[1]))]
-        # pseudo-labels: the teacher's (augmented) argmax; confidence from its raw or augmented logits; padding never counts
-        v_lab = torch.ones_like(y_lab, dtype=torch.bool) if o.pseudo_void else y_lab != IGNORE_INDEX
-        v_t = torch.cat([v_lab[:tl], v_mix])
-        pl = []
-        for aug, raw in t_out:
-            conf = (raw if o.conf_source == 'raw' else aug).float().softmax(1).amax(1)
-            pl.append(torch.where(v_t & (conf >= o.conf_thresh), aug.argmax(1), IGNORE_INDEX))
-        if not lean and not o.pseudo_on_labeled: pl = [p[nl:] for p in pl]
-        # students on labeled + mixed strong images, feature-augmented with GT / own argmax
-        x = torch.cat([lab['img'], x_mix])
-        s_maps, outs = [], []
-        for k, net in ((0, self.s1), (1, self.s2)):
-            L, Z = decoder_maps(net, x)
-            s_maps.append((L, Z))
-            Ls = resize_to(L, size, s)
-            y = torch.cat([y_lab, Ls[nl:].detach().argmax(1)])
-            outs.append(self.augment(k, net, Ls, self.stats_feats(Z, size), y, nl) if self.fa_students else Ls)
-        a1, a2 = outs
-        if o.sup_logits == 'raw': sup = sum(ce_loss(resize_to(L[:nl], size, 1), lab['mask']) for L, _ in s_maps)
-        else: sup = ce_loss(a1[:nl], y_lab) + ce_loss(a2[:nl], y_lab)
-        first = 0 if (not lean and o.pseudo_on_labeled) else nl     # where the mutual term starts in the batch
-        c0 = 0 if o.pseudo_on_labeled else nl                        # where the CPS term starts
-        teach1, teach2 = (pl[1], pl[0]) if o.mutual else (pl[0], pl[1])
-        valid = torch.cat([v_lab, v_mix])
-        pce = (lambda a, t, v: ce_loss(a, t)) if o.pseudo_norm == 'kept' else pseudo_ce
-        terms = {'sup': sup,
-                 'mutual': o.lambda_cross * (pce(a1[first:], teach1, valid[first:]) + pce(a2[first:], teach2, valid[first:])),
-                 'cps': o.lambda_cps * cross_ce(a1[c0:], a2[c0:], valid[c0:])}
-        if o.scl_weight > 0:
-            tm = [aug[tl:] for aug, _ in t_out]
-            t_for_1, t_for_2 = (tm[1], tm[0]) if o.mutual else (tm[0], tm[1])
-            terms['scl'] = o.scl_weight * (scl_term(o, a1[nl:], t_for_1, m) + scl_term(o, a2[nl:], t_for_2, m))
-        self.last = dict(t_maps=t_maps, s_maps=[(L.detach(), Z.detach()) for L, Z in s_maps], mask=m, perm=perm,
-                         targets=(teach1, teach2), teacher_logits=t_out)
-        return {'loss': sum(terms.values()), **{k: t.detach() for k, t in terms.items()},
-                'lam_fa': torch.tensor(self.lam), 'pseudo': (pl[1][-nu:], labels_at(gt_mix, ls)), 'mixed': x_mix.detach()}
+        hp, stride, size, lean = self.hp, self.loss_stride, unl['weak'].shape[-2:], self.hp.lean_passes
+        n_lab, n_unl = len(lab['img']), len(unl['weak'])
+        teacher_lab = 0 if lean else n_lab                           # labeled images in the teachers' batch
+        with torch.no_grad():                           # teachers: weak view (official: labeled images too)
+            teacher_in = unl['weak'] if lean else torch.cat([lab['img'], unl['weak']])
+            teacher_maps = [decoder_maps(teacher, teacher_in) for teacher in (self.t1, self.t2)]
+        teacher1_weak = resize_to(teacher_maps[0][0][teacher_lab:], size, stride)
+        mask, perm = draw_mix(unl, mix_variant(hp), teacher1_weak.argmax(1))
+        mixed, mixed_valid, mixed_gt = mix(mask, perm, unl['strong1'], unl['valid'], unl['gt'])
+        loss_size = (math.ceil(size[0] / stride), math.ceil(size[1] / stride))
+        mixed_valid = labels_at(mixed_valid.long(), loss_size).bool()
+        lab_labels = labels_at(lab['mask'], loss_size)
+        teachers = ((2, self.t1, teacher_maps[0]), (3, self.t2, teacher_maps[1]))
+        with torch.no_grad():                           # their (augmented, raw) logits, mixed
+            teacher_logits = [self.teacher_targets(k, net, maps, mask, perm, lab_labels[:teacher_lab],
+                                                   teacher_lab, size) for k, net, maps in teachers]
+        student_in = torch.cat([lab['img'], mixed])                  # students: labeled + mixed strong images
+        student_maps = [decoder_maps(student, student_in) for student in (self.s1, self.s2)]
+        aug1, aug2 = (self.student_logits(k, student, maps, lab_labels, n_lab, size)
+                      for k, student, maps in ((0, self.s1, student_maps[0]), (1, self.s2, student_maps[1])))
+        # pseudo-labels: each teacher's augmented argmax where confident; padding never counts
+        lab_valid = lab_labels >= 0 if hp.pseudo_void else lab_labels != IGNORE_INDEX
+        teacher_valid = torch.cat([lab_valid[:teacher_lab], mixed_valid])
+        pseudo_t1, pseudo_t2 = (self.pseudo_targets(aug, raw, teacher_valid) for aug, raw in teacher_logits)
+        if not lean and not hp.pseudo_on_labeled: pseudo_t1, pseudo_t2 = pseudo_t1[n_lab:], pseudo_t2[n_lab:]
+        target1, target2 = (pseudo_t2, pseudo_t1) if hp.mutual else (pseudo_t1, pseudo_t2)  # S1 <- T2
+        # losses
+        if hp.sup_logits == 'raw':
+            sup = sum(ce_loss(resize_to(logits[:n_lab], size, 1), lab['mask']) for logits, _ in student_maps)
+        else: sup = ce_loss(aug1[:n_lab], lab_labels) + ce_loss(aug2[:n_lab], lab_labels)
+        mutual_from = 0 if (not lean and hp.pseudo_on_labeled) else n_lab   # where the terms start
+        cps_from = 0 if hp.pseudo_on_labeled else n_lab
+        valid = torch.cat([lab_valid, mixed_valid])
+        kept_ce = lambda logits, target, _: ce_loss(logits, target)       # mean over the pixels that pass tau
+        mutual_ce = kept_ce if hp.pseudo_norm == 'kept' else pseudo_ce
+        mutual = (mutual_ce(aug1[mutual_from:], target1, valid[mutual_from:])
+                  + mutual_ce(aug2[mutual_from:], target2, valid[mutual_from:]))
+        terms = {'sup': sup, 'mutual': hp.lambda_cross * mutual,
+                 'cps': hp.lambda_cps * cross_ce(aug1[cps_from:], aug2[cps_from:], valid[cps_from:])}
+        if hp.scl_weight > 0:
+            teacher1_mixed, teacher2_mixed = (aug[teacher_lab:] for aug, _ in teacher_logits)
+            for1, for2 = (teacher2_mixed, teacher1_mixed) if hp.mutual else (teacher1_mixed, teacher2_mixed)
+            scl = scl_term(hp, aug1[n_lab:], for1, mask) + scl_term(hp, aug2[n_lab:], for2, mask)
+            terms['scl'] = hp.scl_weight * scl
+        if self.keep_maps:
+            student_maps = [tuple(map(torch.Tensor.detach, maps)) for maps in student_maps]
+            self.last = dict(t_maps=teacher_maps, s_maps=student_maps, mask=mask, perm=perm,
+                             targets=(target1, target2), teacher_logits=teacher_logits)
+        return StepOutput.of_terms(terms, logs={'lam_fa': torch.tensor(self.lam)}, mixed=mixed.detach(),
+                                   pseudo=(pseudo_t2[-n_unl:], labels_at(mixed_gt, loss_size)))
 
 # %% ../nbs/08_methods.ipynb #eb07c0fa
 def build_method(cfg: Config, num_classes: int) -> Method:
@@ -464,7 +555,7 @@ def build_method(cfg: Config, num_classes: int) -> Method:
     return method_class(cfg.method.name)(cfg, num_classes)
 
 # %% ../nbs/08_methods.ipynb #d1988047
-def show_step(method: Method, lab: dict, unl: dict, out: dict | None = None, n: int = 2, palette=None):
+def show_step(method: Method, lab: dict, unl: dict, out: StepOutput | None = None, n: int = 2, palette=None):
     "A figure of one step: weak view, strong mixed view, pseudo-labels on it, and the kept-pixel mask."
     from mkd_nb.core import NotebookFigure as Figure
     from mkd_nb.augment import denormalize
@@ -472,12 +563,12 @@ def show_step(method: Method, lab: dict, unl: dict, out: dict | None = None, n: 
     if out is None:
         with torch.no_grad(): out = method.step(lab, unl)
     pal = palette or _bit_palette(method.num_classes)
-    pl, gt = out['pseudo']
+    pl, gt = out.pseudo
     n = min(n, len(pl))
     fig = Figure(figsize=(8, 2 * n))
     axs = fig.subplots(n, 4, squeeze=False)
     for i in range(n):
-        panels = [denormalize(unl['weak'][i]).permute(1, 2, 0).clamp(0, 1), denormalize(out['mixed'][i]).permute(1, 2, 0).clamp(0, 1),
+        panels = [denormalize(unl['weak'][i]).permute(1, 2, 0).clamp(0, 1), denormalize(out.mixed[i]).permute(1, 2, 0).clamp(0, 1),
                   colorize(pl[i].cpu(), pal), (pl[i] != IGNORE_INDEX).cpu().float()]
         for ax, img, title in zip(axs[i], panels, ['weak view', 'strong mixed view', 'pseudo-labels', 'kept (conf >= tau)']):
             ax.imshow(img, cmap='gray', vmin=0, vmax=1, interpolation='nearest'); ax.set_axis_off()

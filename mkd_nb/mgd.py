@@ -17,7 +17,7 @@ from .augment import mix
 from .models import SegNet, load_checkpoint, eval_model_from_checkpoint, CheckpointError, param_count
 from .ema import set_teacher_mode
 from .losses import ce_loss, mgd_pixel_loss, mgd_image_loss, mgd_region_loss
-from .methods import Method, MixHP, TeacherHP, build_method, draw_mix, mix_variant, labels_at
+from .methods import Method, MixHP, TeacherHP, StepOutput, build_method, draw_mix, mix_variant, labels_at
 
 # %% auto #0
 __all__ = ['freeze_teacher', 'weights_fingerprint', 'load_teacher', 'MGDHP', 'MGD', 'mgd_figures', 'net_cost']
@@ -168,16 +168,16 @@ class MGD(Method):
 
     def step(self, lab, unl):
         if unl is None: raise ValueError("mgd: needs an unlabeled batch (the Trainer gives one when needs_unlabeled)")
-        P = self.parts(lab, unl)
-        T = self.terms(P)
-        out = {'loss': sum(T.values()), **{k: v.detach() for k, v in T.items()}, 'mixed': P['x_mix'].detach()}
-        src = 'td_mix' if 'td_mix' in P else 'td_on_mix' if 'td_on_mix' in P else None
-        if src:
-            out['pseudo'] = (torch.where(P['v_mix'], P[src].argmax(1), IGNORE_INDEX), P['gt_mix'])
-        if 'tw_mix' in P:
-            agree = (P['td_mix'].argmax(1) == P['tw_mix'].argmax(1)) & P['v_mix']
-            out['t_agree'] = agree.sum() / P['v_mix'].sum().clamp_min(1)
-        return out
+        parts = self.parts(lab, unl)                  # network passes
+        terms = self.terms(parts)                     # losses
+        valid, logs, pseudo = parts['v_mix'], {}, None
+        deep_logits = parts.get('td_mix', parts.get('td_on_mix'))   # the deep teacher on the mixed images
+        if deep_logits is not None:
+            pseudo = (torch.where(valid, deep_logits.argmax(1), IGNORE_INDEX), parts['gt_mix'])
+        if 'tw_mix' in parts:                         # how often the two teachers agree on the mixed images
+            agree = (parts['td_mix'].argmax(1) == parts['tw_mix'].argmax(1)) & valid
+            logs['t_agree'] = agree.sum() / valid.sum().clamp_min(1)
+        return StepOutput.of_terms(terms, logs=logs, pseudo=pseudo, mixed=parts['x_mix'].detach())
 
 # %% ../nbs/08a_mgd.ipynb #ef71283e
 def mgd_figures(method: MGD, lab: dict, unl: dict, i: int = 0, palette=None) -> dict:

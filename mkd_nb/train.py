@@ -440,13 +440,14 @@ class Trainer:
             lab, unl = _to(lab, self.device, t.channels_last), _to(unl, self.device, t.channels_last)
             with torch.autocast(self.device.type, dtype=self.dtype) if self.dtype else nullcontext():
                 out = self.method.step(lab, unl)
-            skip = self.dtype == torch.float16 and not torch.isfinite(out['loss'])   # fp16 overflow: GradScaler skips the update
+            scalars = out.scalars()   # 'loss', then the method's logged terms
+            skip = self.dtype == torch.float16 and not torch.isfinite(out.loss)   # fp16 overflow: GradScaler skips the update
             if skip: self.skipped += 1
-            else: check_finite(out, it)
-            self.scaler.scale(out['loss'] / t.grad_accum).backward()
-            for k, v in out.items():   # a skipped step's inf/NaN stays out of the log averages
+            else: check_finite(scalars, it)
+            self.scaler.scale(out.loss / t.grad_accum).backward()
+            for k, v in scalars.items():   # a skipped step's inf/NaN stays out of the log averages
                 if not skip and torch.is_tensor(v) and v.dim() == 0: logs[k] = logs.get(k, 0.0) + _scalar(v) / t.grad_accum
-            if 'pseudo' in out and unl is not None: self._score_pseudo(*out['pseudo'])
+            if out.pseudo is not None and unl is not None: self._score_pseudo(*out.pseudo)
         if self.world > 1: sync_grads(self.params, self.bn_buffers, self.world)   # (still scaled under fp16: all ranks skip together)
         if t.grad_clip:
             self.scaler.unscale_(self.opt); torch.nn.utils.clip_grad_norm_(self.params, t.grad_clip)

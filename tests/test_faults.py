@@ -5,6 +5,7 @@ Every test checks two things: the fault gives a clear error (naming the iteratio
 written before the fault is lost or silently replaced by garbage. RELIABILITY.md at the repo top summarises the outcomes."""
 import errno, hashlib, json, os, random, shutil, signal, subprocess, sys, time
 from pathlib import Path
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -217,7 +218,7 @@ def test_nan_loss_stops_and_keeps_checkpoint(tmp_path):
     tr = Trainer(_cfg(tmp_path / 'run'))
     saved = _spy_saves(tr)
     def nan_term(out):
-        out = dict(out); out['sup'] = out['sup'] * float('nan'); out['loss'] = out['sup']; return out
+        sup = out.terms['sup'] * float('nan'); return replace(out, loss=sup, terms={**out.terms, 'sup': sup})
     _inject(tr, 5, nan_term)                        # iteration 5 (the 6th step), after the checkpoint at 4
     with pytest.raises(TrainingError, match=r"iteration 5: loss term `sup` is nan"): tr.fit()
     assert saved and saved[-1][0] == 4
@@ -234,7 +235,7 @@ def test_nan_loss_stops_and_keeps_checkpoint(tmp_path):
 def test_inf_loss_term_named(tmp_path):
     tr = Trainer(_cfg(tmp_path / 'run', iters=4, eval_every=2))
     def inf_term(out):
-        out = dict(out); out['sup'] = out['sup'] + float('inf'); out['loss'] = out['sup']; return out
+        sup = out.terms['sup'] + float('inf'); return replace(out, loss=sup, terms={**out.terms, 'sup': sup})
     _inject(tr, 0, inf_term)
     with pytest.raises(TrainingError, match=r"iteration 0: loss term `sup` is inf"): tr.fit()
     assert not (tmp_path / 'run' / 'last.pt').exists()       # nothing garbage was saved
@@ -247,8 +248,7 @@ def test_nonfinite_weights_never_checkpointed(tmp_path):
     def inf_grad(out):
         p = next(tr.method.students()[0].parameters())
         s = p.sum()
-        out = dict(out); out['loss'] = out['loss'] + torch.sqrt(s - s.detach())   # value 0, gradient +inf
-        return out
+        return replace(out, loss=out.loss + torch.sqrt(s - s.detach()))   # value 0, gradient +inf
     _inject(tr, 7, inf_grad)                         # the last step before the evaluation at 8
     with pytest.raises(TrainingError, match='non-finite'): tr.fit()
     assert saved[-1][0] == 4 and _sha(tmp_path / 'run' / 'last.pt') == saved[-1][1]
@@ -268,7 +268,7 @@ def test_fp16_overflow_step_skipped_and_counted_cpu_emulation(tmp_path):
         out = orig(lab, unl)
         if i == 1:                                   # the last step: overflows
             snap['before'] = [p.detach().clone() for p in params()]
-            out = dict(out); out['sup'] = out['sup'] * float('inf'); out['loss'] = out['loss'] * float('inf')
+            out = replace(out, loss=out.loss * float('inf'), terms={**out.terms, 'sup': out.terms['sup'] * float('inf')})
         return out
     tr.method.step = step
     m = tr.fit()
