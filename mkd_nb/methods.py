@@ -36,7 +36,7 @@ def draw_mix(unl: dict, variant: str, labels=None):
     if variant == 'classmix': return classmix_masks(labels_at(labels, (h, w)), perm), perm
     return cutmix_masks(n, h, w, variant=variant, device=x.device), perm
 
-# %% ../nbs/08_methods.ipynb #51822341
+# %% ../nbs/08_methods.ipynb #23865555
 @dataclass
 class StepOutput:
     "What one `step` returns: the loss to back-propagate, the scalars to log, and maps for figures and the viewer."
