@@ -22,7 +22,7 @@ MATHJAX_FONTS = ('<script type="text/x-mathjax-config">MathJax.Hub.Config({"HTML
 MIN_IMAGES = {
     'index.ipynb': 2, '00_core.ipynb': 1, '01_data.ipynb': 2, '02_augment.ipynb': 2, '03_loader.ipynb': 1,
     '04_models.ipynb': 0, '05_ema.ipynb': 1, '06_feature_aug.ipynb': 3, '07_losses.ipynb': 2, '08_methods.ipynb': 1,
-    '08a_mgd.ipynb': 4, '09_evaluate.ipynb': 1, '10_train.ipynb': 0, '11_viewer.ipynb': 2, '12_runner.ipynb': 0,
+    '08a_mgd.ipynb': 4, '09_evaluate.ipynb': 1, '10_train.ipynb': 1, '11_viewer.ipynb': 2, '12_runner.ipynb': 0,
     '12a_report.ipynb': 7, '12b_bench.ipynb': 0, '09a_export.ipynb': 0, '11a_demo.ipynb': 1, '14_gpu_check.ipynb': 0,
     '15_docs.ipynb': 0, '16_cli.ipynb': 1,
 }
