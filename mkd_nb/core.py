@@ -304,6 +304,9 @@ _UNION_PER_METHOD = {
                 conf_source='raw', pseudo_norm='kept', stats_at='loss', stats_updates='twice',
                 teacher_stats_on='mixed'),
     'mgd': dict(teacher_bn_mode='eval', cutmix_boxes='code', pseudo_void=True)}
+# Options added since, with the value that reproduces how a file of that era ran (UniMatch's partners were
+# other images of the batch before `mix_partner` existed).
+_LATER_OPTIONS = dict(mix_partner='batch')
 
 def _no_option(method: str, option: str) -> ConfigError:
     "The error for an option that `method` does not have, with the closest of its own or the methods that have it."
@@ -331,7 +334,8 @@ def _method_values(method: str, values: dict) -> dict:
             raise ConfigError(f'method.{k}', f"the file gives {method} {k}={values[k]!r}, but {method} has no such "
                                              f"option (it never read it): set it to {old[k]!r} or delete it to load the file")
     # a field the old file predates ran with the union's default, as this file's run did
-    return {k: values[k] if k in values else _UNION_DEFAULTS[k] for k in own if k in values or k in _UNION_DEFAULTS}
+    ran = dict(_UNION_DEFAULTS, **_LATER_OPTIONS)
+    return {k: values[k] if k in values else ran[k] for k in own if k in values or k in ran}
 
 # %% ../nbs/00_core.ipynb #5040fda8
 def make_config(method: str = 'sup', check=True, **kw) -> Config:

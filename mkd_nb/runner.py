@@ -202,13 +202,26 @@ def cell_config(protocol, cell: dict, root: Optional[str] = None, out='.') -> Co
     if kw['dataset'] != 'synthetic': kw['root'] = root or '.'
     return make_config(cell['method'], **kw)
 
-def _same_checkpoints(theirs: dict, cfg: Config, fields) -> dict:
-    """`theirs` (a run's config.json) and `cfg` with the checkpoint paths of `fields` resolved alike, however `out` was spelled.
-    The one place the runner reads method fields of a config."""
+def _stored_path(value: str, out) -> str:
+    """A checkpoint path as a finished run stored it, made absolute. A relative path was relative to the folder the
+    runner ran in, which may differ from this one (`../results/x` from nbs/ for `results/x` stored at the repo root):
+    its part before `runs/` names the protocol folder as it was spelled then, so it is re-rooted on `out`."""
+    if os.path.isabs(value): return os.path.realpath(value)
+    parts = Path(value).parts
+    if 'runs' in parts:
+        cut = len(parts) - 1 - parts[::-1].index('runs')
+        here = Path(os.path.realpath(out))
+        if here.parts[len(here.parts) - cut:] == parts[:cut]:
+            return os.path.realpath(here.joinpath(*parts[cut:]))
+    return os.path.realpath(value)
+
+def _same_checkpoints(theirs: dict, cfg: Config, fields, out='.') -> dict:
+    """`theirs` (a run's config.json) and `cfg` with the checkpoint paths of `fields` resolved alike, however `out`
+    was spelled. The one place the runner reads method fields of a config."""
     if 'method' in theirs: theirs = dict(theirs, method=dict(theirs['method']))
     for f in fields:
         value = theirs.get('method', {}).get(f)
-        if isinstance(value, str): theirs['method'][f] = os.path.realpath(value)
+        if isinstance(value, str): theirs['method'][f] = _stored_path(value, out)
         setattr(cfg.method, f, os.path.realpath(getattr(cfg.method, f)))
     return theirs
 
@@ -221,7 +234,7 @@ def cell_status(protocol, cell: dict, out) -> tuple:
     cfg = cell_config(protocol, cell, out=out)
     if not m.get('final') or m.get('iters') != cfg.train.iters: return 'todo', None
     try:
-        theirs = _same_checkpoints(json.loads((d / 'config.json').read_text()), cfg, cell['needs'])
+        theirs = _same_checkpoints(json.loads((d / 'config.json').read_text()), cfg, cell['needs'], out)
         diff = config_diff(theirs, cfg)
     except (FileNotFoundError, json.JSONDecodeError): diff = ['config.json missing or unreadable']
     return ('stale', '; '.join(diff[:3])) if diff else ('done', m)
