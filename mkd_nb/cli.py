@@ -279,8 +279,7 @@ def main_bench(argv=None) -> int:
 # %% ../nbs/16_cli.ipynb #b507f030
 @command('export')
 def main_export(argv=None) -> int:
-    """`mkd-export --ckpt RUN/best.pt --format onnx|torchscript --size H W`: a deployable network, checked and
-    timed."""
+    "`mkd-export --ckpt RUN/best.pt --format onnx|torchscript --size H W`: a deployable network, checked and timed."
     return _one_line_errors('mkd-export', lambda: cli_main(mkd_export, argv, nargs={'size': 2}),
                             (ConfigError, CheckpointError, FileNotFoundError, RuntimeError))
 
