@@ -31,7 +31,8 @@ def _stats(x):
 
 def normalize(img: torch.Tensor) -> torch.Tensor:
     "uint8 image(s) `[...,3,H,W]` -> float32 normalised with ImageNet `MEAN`/`STD`."
-    if img.ndim < 3 or img.shape[-3] != 3: raise ValueError(f"normalize: expected [...,3,H,W], got shape {tuple(img.shape)}")
+    if img.ndim < 3 or img.shape[-3] != 3:
+        raise ValueError(f"normalize: expected [...,3,H,W], got shape {tuple(img.shape)}")
     m, s = _stats(img)
     x = img.float() / 255 if img.dtype == torch.uint8 else img.float()
     return (x - m) / s
@@ -43,17 +44,20 @@ def denormalize(x: torch.Tensor) -> torch.Tensor:
 
 # %% ../nbs/02_augment.ipynb #318574e6
 class WeakView:
-    "Random rescale, crop (padding image 0 / mask 255) and horizontal flip of an image+mask pair; returns `(img, mask, valid)`."
+    """Random rescale, crop (padding image 0 / mask 255) and horizontal flip of an image+mask pair; returns
+    `(img, mask, valid)`."""
     def __init__(self, crop: int, scale: Sequence[float] = (0.5, 2.0), flip: bool = True):
         if crop < 1: raise ValueError(f"WeakView: crop must be >= 1, got {crop}")
-        if not (0 < scale[0] <= scale[1]): raise ValueError(f"WeakView: need 0 < scale[0] <= scale[1], got {tuple(scale)}")
+        if not (0 < scale[0] <= scale[1]):
+            raise ValueError(f"WeakView: need 0 < scale[0] <= scale[1], got {tuple(scale)}")
         self.crop, self.scale, self.flip = int(crop), (float(scale[0]), float(scale[1])), flip
 
     def __call__(self, img: torch.Tensor, mask: torch.Tensor):
         if img.ndim != 3 or img.shape[0] != 3 or img.dtype != torch.uint8:
             raise ValueError(f"WeakView: image must be uint8 [3,H,W], got {img.dtype} {tuple(img.shape)}")
         if mask.shape != img.shape[1:]:
-            raise ValueError(f"WeakView: mask shape {tuple(mask.shape)} does not match image {tuple(img.shape[1:])}")
+            raise ValueError(f"WeakView: mask shape {tuple(mask.shape)} does not match image "
+                             f"{tuple(img.shape[1:])}")
         c = self.crop
         im, mk = tv_tensors.Image(img), tv_tensors.Mask(mask.long())
         s = self.scale[0] + (self.scale[1] - self.scale[0]) * torch.rand(()).item()
@@ -90,9 +94,11 @@ class _SigmaBlur(torch.nn.Module):
 STRONG_KINDS = ('unimatch', 'mkd')
 
 class StrongView:
-    "Photometric strong view of a uint8 image `[3,H,W]`: `kind='unimatch'` (jitter p=.8, gray p=.2, blur p=.5) or `'mkd'` (one of five)."
+    """Photometric strong view of a uint8 image `[3,H,W]`: `kind='unimatch'` (jitter p=.8, gray p=.2, blur
+    p=.5) or `'mkd'` (one of five)."""
     def __init__(self, kind: str = 'unimatch'):
-        if kind not in STRONG_KINDS: raise ValueError(f"StrongView: unknown kind {kind!r}; valid: {', '.join(STRONG_KINDS)}")
+        if kind not in STRONG_KINDS:
+            raise ValueError(f"StrongView: unknown kind {kind!r}; valid: {', '.join(STRONG_KINDS)}")
         self.kind = kind
         jitter = v2.ColorJitter(0.5, 0.5, 0.5, 0.25)
         if kind == 'unimatch':
@@ -100,7 +106,8 @@ class StrongView:
                                    v2.RandomApply([_SigmaBlur((0.1, 2.0))], p=0.5)])
         else:
             self.tfm = v2.RandomChoice([jitter, _SigmaBlur((0.1, 2.0)), v2.RandomEqualize(p=1.0),
-                                        v2.RandomSolarize(threshold=128, p=1.0), v2.Grayscale(num_output_channels=3)])
+                                        v2.RandomSolarize(threshold=128, p=1.0),
+                                        v2.Grayscale(num_output_channels=3)])
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
         if img.ndim != 3 or img.shape[0] != 3 or img.dtype != torch.uint8:
@@ -117,7 +124,8 @@ def _rgb_to_hsv(x: torch.Tensor) -> tuple:
     c = v - mn
     cz = c.clamp_min(1e-12)
     h = torch.where(v == r, ((g - b) / cz) % 6, torch.where(v == g, (b - r) / cz + 2, (r - g) / cz + 4))
-    return torch.where(c > 0, h, torch.zeros_like(h)), torch.where(v > 0, c / v.clamp_min(1e-12), torch.zeros_like(v)), v
+    return (torch.where(c > 0, h, torch.zeros_like(h)),
+            torch.where(v > 0, c / v.clamp_min(1e-12), torch.zeros_like(v)), v)
 
 def _hsv_to_rgb(h: torch.Tensor, s: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     "Inverse of `_rgb_to_hsv`."
@@ -129,31 +137,37 @@ def _hsv_to_rgb(h: torch.Tensor, s: torch.Tensor, v: torch.Tensor) -> torch.Tens
     return torch.stack([pick(c, x, z, z, x, c), pick(x, c, c, x, z, z), pick(z, z, x, c, c, x)]) + (v - c)
 
 class PhotoDistortion:
-    "mmseg's photometric distortion of a uint8 image `[3,H,W]` (brightness, contrast, saturation, hue, each with p = 0.5)."
+    """mmseg's photometric distortion of a uint8 image `[3,H,W]` (brightness, contrast, saturation, hue, each
+    with p = 0.5)."""
     def __init__(self, brightness: float = 32, contrast=(0.5, 1.5), saturation=(0.5, 1.5), hue: int = 18):
         self.brightness, self.contrast, self.saturation, self.hue = brightness, tuple(contrast), tuple(saturation), int(hue)
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
         if img.ndim != 3 or img.shape[0] != 3 or img.dtype != torch.uint8:
-            raise ValueError(f"PhotoDistortion: image must be uint8 [3,H,W], got {img.dtype} {tuple(img.shape)}")
+            raise ValueError(f"PhotoDistortion: image must be uint8 [3,H,W], got {img.dtype} "
+                             f"{tuple(img.shape)}")
         coin = lambda: torch.randint(2, ()).item() == 1
         u = lambda lo, hi: lo + (hi - lo) * torch.rand(()).item()
         to8 = lambda t: t.clamp(0, 255).floor()                  # the code's clip, then cast to uint8
         def contrast(t): return to8(t * u(*self.contrast)) if coin() else t
         x = img.float()
         if coin(): x = to8(x + u(-self.brightness, self.brightness))
-        contrast_first = coin()                                   # the code's `mode`: contrast before or after the colour steps
+        # the code's `mode`: contrast before or after the colour steps
+        contrast_first = coin()
         if contrast_first: x = contrast(x)
         if coin():
-            h, s, v = _rgb_to_hsv(x); x = to8(_hsv_to_rgb(h, (s * u(*self.saturation)).clamp(0, 1), v).round())
+            h, s, v = _rgb_to_hsv(x)
+            x = to8(_hsv_to_rgb(h, (s * u(*self.saturation)).clamp(0, 1), v).round())
         if coin():
             h, s, v = _rgb_to_hsv(x)
-            shift = torch.randint(-self.hue, self.hue, ()).item() / 30 if self.hue else 0.0   # OpenCV units of 2 degrees -> sectors
+            # OpenCV units of 2 degrees -> sectors
+            shift = torch.randint(-self.hue, self.hue, ()).item() / 30 if self.hue else 0.0
             x = to8(_hsv_to_rgb((h + shift) % 6, s, v).round())
         if not contrast_first: x = contrast(x)
         return x.to(torch.uint8)
 
-    def __repr__(self): return f"PhotoDistortion(brightness={self.brightness}, contrast={self.contrast}, saturation={self.saturation}, hue={self.hue})"
+    def __repr__(self):
+        return f"PhotoDistortion(brightness={self.brightness}, contrast={self.contrast}, saturation={self.saturation}, hue={self.hue})"
 
 # %% ../nbs/02_augment.ipynb #27e44ff9
 CUTMIX_VARIANTS = ('mkd', 'mkd-wide', 'unimatch')
@@ -162,9 +176,12 @@ def _rand(shape, generator, device):
     dev = generator.device if generator is not None else (device or 'cpu')
     return torch.rand(shape, generator=generator, device=dev, dtype=torch.float64)
 
-def cutmix_boxes(n: int, h: int, w: int, variant: str = 'mkd', generator: Optional[torch.Generator] = None, device=None) -> torch.Tensor:
-    "Random CutMix boxes `[n, k, 4]` (y0, x0, y1, x1; long): 'mkd' 3 boxes of p/3, 'mkd-wide' 3 of p, 'unimatch' 1 box 2-40 % (p=0.5)."
-    if variant not in CUTMIX_VARIANTS: raise ValueError(f"cutmix: unknown variant {variant!r}; valid: {', '.join(CUTMIX_VARIANTS)}")
+def cutmix_boxes(n: int, h: int, w: int, variant: str = 'mkd', generator: Optional[torch.Generator] = None,
+                 device=None) -> torch.Tensor:
+    """Random CutMix boxes `[n, k, 4]` (y0, x0, y1, x1; long): 'mkd' 3 boxes of p/3, 'mkd-wide' 3 of p,
+    'unimatch' 1 box 2-40 % (p=0.5)."""
+    if variant not in CUTMIX_VARIANTS:
+        raise ValueError(f"cutmix: unknown variant {variant!r}; valid: {', '.join(CUTMIX_VARIANTS)}")
     if variant in ('mkd', 'mkd-wide'):
         u = _rand((4, n, 3), generator, device)
         area = 0.25 + 0.25 * u[0]
@@ -179,7 +196,8 @@ def cutmix_boxes(n: int, h: int, w: int, variant: str = 'mkd', generator: Option
     else:
         u = _rand((5, n, 1), generator, device)
         area = 0.02 + 0.38 * u[0]
-        lo = torch.clamp(area * h / w, min=0.3)          # aspect r = box_h/box_w must keep box_h <= h and box_w <= w
+        # aspect r = box_h/box_w must keep box_h <= h and box_w <= w
+        lo = torch.clamp(area * h / w, min=0.3)
         hi = torch.clamp(h / (area * w), max=1 / 0.3)
         lo = torch.minimum(lo, hi)
         r = lo + (hi - lo) * u[1]
@@ -208,14 +226,17 @@ def boxes_to_masks(boxes: torch.Tensor, h: int, w: int) -> torch.Tensor:
     inside = (ys >= b[:, :, 0]) & (ys < b[:, :, 2]) & (xs >= b[:, :, 1]) & (xs < b[:, :, 3])  # [n,k,h,w]
     return (inside.sum(1) % 2).bool()
 
-def cutmix_masks(n: int, h: int, w: int, variant: str = 'mkd', generator: Optional[torch.Generator] = None, device=None) -> torch.Tensor:
-    "Bool `[n, h, w]`, True = take the partner's pixel: outside the XOR boxes for 'mkd' (as the code), inside them otherwise."
+def cutmix_masks(n: int, h: int, w: int, variant: str = 'mkd', generator: Optional[torch.Generator] = None,
+                 device=None) -> torch.Tensor:
+    """Bool `[n, h, w]`, True = take the partner's pixel: outside the XOR boxes for 'mkd' (as the code),
+    inside them otherwise."""
     m = boxes_to_masks(cutmix_boxes(n, h, w, variant, generator, device), h, w)
     return ~m if variant == 'mkd' else m
 
 # %% ../nbs/02_augment.ipynb #22da0c2a
 def cutmix_figure(n: int = 6, h: int = 48, w: int = 64, seed: int = 0):
-    "A matplotlib `Figure`: one row of masks per CutMix variant (white = taken from the partner) and the partner's share."
+    """A matplotlib `Figure`: one row of masks per CutMix variant (white = taken from the partner) and the
+    partner's share."""
     from mkd_nb.core import NotebookFigure as Figure
     g = torch.Generator().manual_seed(seed)
     fig = Figure(figsize=(1.25 * n, 0.95 * len(CUTMIX_VARIANTS) + 0.3))
@@ -223,16 +244,20 @@ def cutmix_figure(n: int = 6, h: int = 48, w: int = 64, seed: int = 0):
     for row, var in zip(axs, CUTMIX_VARIANTS):
         ms = cutmix_masks(n, h, w, var, generator=g)
         for ax, m in zip(row, ms):
-            ax.imshow(m, cmap='gray', vmin=0, vmax=1, interpolation='nearest'); ax.set_xticks([]); ax.set_yticks([])
+            ax.imshow(m, cmap='gray', vmin=0, vmax=1, interpolation='nearest'); ax.set_xticks([])
+            ax.set_yticks([])
         row[0].set_ylabel(var, fontsize=8)
         row[-1].set_title(f'partner {100 * float(ms.float().mean()):.0f} %', fontsize=7, loc='right')
     fig.tight_layout()
     return fig
 
 # %% ../nbs/02_augment.ipynb #4ed3d5e5
-def classmix_masks(labels: torch.Tensor, perm: torch.Tensor, generator: Optional[torch.Generator] = None, num_classes: Optional[int] = None) -> torch.Tensor:
-    "Bool `[n,h,w]`: True where the partner `labels[perm[i]]` shows one of a random half of its classes (255 never chosen)."
-    if labels.ndim != 3: raise ValueError(f"classmix_masks: labels must be [n,h,w], got shape {tuple(labels.shape)}")
+def classmix_masks(labels: torch.Tensor, perm: torch.Tensor, generator: Optional[torch.Generator] = None,
+                   num_classes: Optional[int] = None) -> torch.Tensor:
+    """Bool `[n,h,w]`: True where the partner `labels[perm[i]]` shows one of a random half of its classes (255
+    never chosen)."""
+    if labels.ndim != 3:
+        raise ValueError(f"classmix_masks: labels must be [n,h,w], got shape {tuple(labels.shape)}")
     n = labels.shape[0]
     lab = labels.long()
     valid = lab != IGNORE_INDEX
@@ -243,7 +268,8 @@ def classmix_masks(labels: torch.Tensor, perm: torch.Tensor, generator: Optional
     present[:, C] = False
     score = _rand((n, C + 1), generator, lab.device).to(lab.device)
     score = torch.where(present, score, torch.full_like(score, 2.0))     # absent classes sort last
-    rank = score.argsort(1).argsort(1)                                 # rank of each class among the image's classes
+    # rank of each class among the image's classes
+    rank = score.argsort(1).argsort(1)
     k = (present.sum(1, keepdim=True) + 1) // 2                        # ceil(half)
     chosen = present & (rank < k)
     perm = perm.to(lab.device)
@@ -262,7 +288,8 @@ def mix_perm(n: int, generator: Optional[torch.Generator] = None, device=None) -
 
 def _fit(m: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     "Mask `[B,h,w]` resized (nearest) to `t`'s spatial size and shaped to broadcast against `t`."
-    if m.shape[0] != t.shape[0]: raise ValueError(f"mix: mask batch {m.shape[0]} != tensor batch {t.shape[0]}")
+    if m.shape[0] != t.shape[0]:
+        raise ValueError(f"mix: mask batch {m.shape[0]} != tensor batch {t.shape[0]}")
     if m.device != t.device: m = m.to(t.device)
     if t.ndim < 3: raise ValueError(f"mix: tensors must be [B,H,W] or [B,C,H,W], got shape {tuple(t.shape)}")
     H, W = t.shape[-2:]
@@ -271,7 +298,8 @@ def _fit(m: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return m.view(m.shape[0], *([1] * (t.ndim - 3)), H, W)
 
 def mix(m: torch.Tensor, perm: torch.Tensor, *tensors: torch.Tensor) -> tuple:
-    "Each tensor `t` -> `torch.where(m, t[perm], t)` (mask broadcast over channels, resized to `t`); returns a tuple."
+    """Each tensor `t` -> `torch.where(m, t[perm], t)` (mask broadcast over channels, resized to `t`); returns
+    a tuple."""
     perm = perm.to(m.device)
     out = []
     for t in tensors:

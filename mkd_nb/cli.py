@@ -38,7 +38,8 @@ def command(name: str):
     return add
 
 def _one_line_errors(prog: str, run, errors: tuple) -> int:
-    "Exit status of `run()`: 0, or 2 after one line `prog: error: ...` on stderr for one of the expected `errors`."
+    """Exit status of `run()`: 0, or 2 after one line `prog: error: ...` on stderr for one of the expected
+    `errors`."""
     try: run()
     except errors as e:
         print(f"{prog}: error: {e}", file=sys.stderr); return 2
@@ -46,11 +47,14 @@ def _one_line_errors(prog: str, run, errors: tuple) -> int:
 
 def _usage() -> str:
     width = max(map(len, COMMANDS))
-    return '\n'.join([f"usage: python -m mkd_nb.cli {{{','.join(COMMANDS)}}} [options]   (COMMAND -h for its options)"] +
-                     [f"  {name:<{width}}  {entry.__doc__.splitlines()[0]}" for name, entry in COMMANDS.items()])
+    return '\n'.join([f"usage: python -m mkd_nb.cli {{{','.join(COMMANDS)}}} [options]   (COMMAND -h for its "
+                      "options)"] +
+                     [f"  {name:<{width}}  {entry.__doc__.splitlines()[0]}"
+                      for name, entry in COMMANDS.items()])
 
 def main(argv=None) -> int:
-    "`python -m mkd_nb.cli COMMAND [options]`: run one of `COMMANDS`; returns its exit status (2 for an unknown command)."
+    """`python -m mkd_nb.cli COMMAND [options]`: run one of `COMMANDS`; returns its exit status (2 for an
+    unknown command)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] in (['-h'], ['--help']):
         print(_usage()); return 0
@@ -76,7 +80,8 @@ _AUG = Param("VOC: masks from SegmentationClassAug", store_true)
 
 def mkd_data_check(dataset: _DATASET = 'folder', root: _ROOT = None, num_classes: _NUM_CLASSES = None,
                    split: Param("split name (train, val, test) or a split file", str) = 'train',
-                   void: Param("folder datasets: the mask value that means 'ignore' (becomes 255)", int) = None,
+                   void: Param("folder datasets: the mask value that means 'ignore' (becomes 255)",
+                               int) = None,
                    unlabeled_dir: _UNLABELED_DIR = None, aug: _AUG = False) -> int:
     "Check every image and mask of a dataset split and print the report; exit status 0 only when clean."
     try:
@@ -92,7 +97,8 @@ def mkd_data_split(dataset: _DATASET = 'folder', root: _ROOT = None,
                    seed: Param("split seed", int) = 0,
                    out: Param("output folder for labeled.txt, unlabeled.txt, split.json", str) = 'splits',
                    split: Param("split to divide (name or split file)", str) = 'train',
-                   num_classes: _NUM_CLASSES = None, unlabeled_dir: _UNLABELED_DIR = None, aug: _AUG = False) -> int:
+                   num_classes: _NUM_CLASSES = None, unlabeled_dir: _UNLABELED_DIR = None,
+                   aug: _AUG = False) -> int:
     "Draw a labeled/unlabeled split with a seed (among the images with masks) and write it to `out`."
     try:
         ds = _cli_dataset(dataset, root, split, num_classes, None, unlabeled_dir, aug)
@@ -136,12 +142,14 @@ def _save_png(pred, path: Path, palette):
     image.save(path)
 
 def _ckpt_dataset(name, root, split, num_classes, dcfg):
-    "Dataset `name` at `split`, sized like the checkpoint's synthetic data when it is synthetic (its train or val set)."
+    """Dataset `name` at `split`, sized like the checkpoint's synthetic data when it is synthetic (its train
+    or val set)."""
     kw = {}
     if name == 'synthetic':
         kw = {k: dcfg[k2] for k, k2 in (('n', 'synthetic_train' if split == 'train' else 'synthetic_val'),
                                          ('size', 'synthetic_size')) if k2 in dcfg}
-    elif name == 'voc' and split == 'train_aug': kw = {'aug': True}   # the 10 582-image pool has SegmentationClassAug masks
+    # the 10 582-image pool has SegmentationClassAug masks
+    elif name == 'voc' and split == 'train_aug': kw = {'aug': True}
     elif name == 'folder': kw = {'void': dcfg.get('void')}
     return get_dataset(name, root=root, split=split, num_classes=num_classes, **kw)
 
@@ -149,27 +157,33 @@ def _bn_images(ckpt, name, root, num_classes, dcfg, bn_data):
     "The training images `--bn-data` names: the run's whole training pool, its labeled split or a split file."
     f = None if bn_data == 'train' else Path(ckpt).parent / 'splits' / 'labeled.txt' if bn_data == 'labeled' else Path(bn_data)
     if f is not None and not f.is_file():
-        raise FileNotFoundError(f"{f}: no such split file for --bn-data {bn_data!r} (use 'train', 'labeled' or a split file)")
+        raise FileNotFoundError(f"{f}: no such split file for --bn-data {bn_data!r} (use 'train', 'labeled' "
+                                "or a split file)")
     train = _ckpt_dataset(name, root, dcfg.get('train_split', 'train'), num_classes, dcfg)
     return train if f is None else train.subset(read_split(f, train))
 
-def _eval_checkpoint(ckpt, dataset, root, split, sliding, window, flip, save_preds, out, device, quiet, gallery=None,
-                     bn_recal=0, bn_data='train'):
+def _eval_checkpoint(ckpt, dataset, root, split, sliding, window, flip, save_preds, out, device, quiet,
+                     gallery=None, bn_recal=0, bn_data='train'):
     ck = load_checkpoint(ckpt)
     dcfg = dict((ck.get('config') or {}).get('data') or {})
     name = dataset or dcfg.get('dataset', 'synthetic')
     root = root if root is not None else (dcfg.get('root') if name == dcfg.get('dataset') else None)
     num_classes = int(ck['num_classes'])
-    held = Path(ckpt).parent / 'splits' / 'val.txt'   # a folder without a val split: the images the run held out for it
-    if name == 'folder' and split == 'val' and root and not folder_has_split(root, 'val') and held.is_file(): split = str(held)
+    # a folder without a val split: the images the run held out for it
+    held = Path(ckpt).parent / 'splits' / 'val.txt'
+    if name == 'folder' and split == 'val' and root and not folder_has_split(root, 'val') and held.is_file():
+        split = str(held)
     ds = _ckpt_dataset(name, root, split, num_classes, dcfg)
     if ds.num_classes != num_classes:
-        raise ValueError(f"{ckpt}: the network predicts {num_classes} classes but dataset {name!r} has {ds.num_classes}")
-    bn_ds = _bn_images(ckpt, name, root, num_classes, dcfg, bn_data) if bn_recal else None   # a bad --bn-data fails first
+        raise ValueError(f"{ckpt}: the network predicts {num_classes} classes but dataset {name!r} has "
+                         f"{ds.num_classes}")
+    # a bad --bn-data fails first
+    bn_ds = _bn_images(ckpt, name, root, num_classes, dcfg, bn_data) if bn_recal else None
     dev = get_device(device)
     net = eval_model_from_checkpoint(ck, dev, path=ckpt)
     if bn_recal:
-        d = DataConfig()   # the training view of the checkpoint's config (its defaults for fields it predates)
+        # the training view of the checkpoint's config (its defaults for fields it predates)
+        d = DataConfig()
         view = WeakView(int(dcfg.get('crop', d.crop)),
                         (dcfg.get('scale_min', d.scale_min), dcfg.get('scale_max', d.scale_max)))
         net = recalibrate_bn(net, bn_ds, view, batches=int(bn_recal), device=dev)
@@ -180,10 +194,11 @@ def _eval_checkpoint(ckpt, dataset, root, split, sliding, window, flip, save_pre
         pal, ids = ds.info.palette, ds.ids
         on_pred = lambda i, p: _save_png(p, Path(save_preds) / Path(ids[i]).with_suffix('.png'), pal)
     names = ck.get('class_names') or list(ds.info.classes)
-    res = evaluate(net, ds, num_classes, dev, mode=mode, window=win, flip=flip, class_names=names, progress=not quiet,
-                   on_pred=on_pred)
+    res = evaluate(net, ds, num_classes, dev, mode=mode, window=win, flip=flip, class_names=names,
+                   progress=not quiet, on_pred=on_pred)
     print(format_results(res))
-    report = dict(ckpt=str(ckpt), iter=ck.get('iter'), dataset=name, root=root, split=split, mode=mode, window=win,
+    report = dict(ckpt=str(ckpt), iter=ck.get('iter'), dataset=name, root=root, split=split, mode=mode,
+                  window=win,
                   flip=bool(flip), bn_recal=int(bn_recal), bn_data=bn_data if bn_recal else None, **res)
     # a re-estimated network's report gets a name of its own, so it never overwrites the checkpoint's plain evaluation
     tag = f"_bn{int(bn_recal)}_{_split_name(bn_data)}" if bn_recal else ''
@@ -205,13 +220,16 @@ def mkd_eval(ckpt: str = None,          # checkpoint file (a run's best.pt or la
              out: str = None,           # JSON file for the results (default: RUN/eval_<split>.json)
              device: str = 'auto',      # 'auto', 'cpu', 'cuda', ...
              quiet: store_true = False,  # no progress bar
-             gallery: str = None,       # PNG grid of 8 images with ground truth, pseudo-labels, confidence (mkd_nb.viewer)
-             bn_recal: int = 0,         # re-estimate batch-norm statistics on this many batches of weak training crops first
-             bn_data: str = 'train'):   # images for --bn-recal: 'train' (all), 'labeled' (RUN/splits/labeled.txt) or a split file
+             # PNG grid of 8 images with ground truth, pseudo-labels, confidence (mkd_nb.viewer)
+             gallery: str = None,
+             # re-estimate batch-norm statistics on this many batches of weak training crops first
+             bn_recal: int = 0,
+             # images for --bn-recal: 'train' (all), 'labeled' (RUN/splits/labeled.txt) or a split file
+             bn_data: str = 'train'):
     "Evaluate a checkpoint: print mIoU and per-class IoU and write them as JSON."
     if not ckpt: raise ValueError("--ckpt RUN/best.pt is required")
-    return _eval_checkpoint(ckpt, dataset, root, split, sliding, window, flip, save_preds, out, device, quiet, gallery,
-                            bn_recal, bn_data)
+    return _eval_checkpoint(ckpt, dataset, root, split, sliding, window, flip, save_preds, out, device, quiet,
+                            gallery, bn_recal, bn_data)
 
 @command('eval')
 def main_eval(argv=None) -> int:
@@ -227,7 +245,8 @@ def _pop_nproc(argv: list) -> tuple:
             if '=' in arg: value, rest = arg.split('=', 1)[1], argv[:i] + argv[i + 1:]
             else: value, rest = (argv[i + 1] if i + 1 < len(argv) else ''), argv[:i] + argv[i + 2:]
             try: n = int(value)
-            except ValueError: raise ConfigError('nproc', f"needs a number of processes, got {value!r}") from None
+            except ValueError:
+                raise ConfigError('nproc', f"needs a number of processes, got {value!r}") from None
             if n < 1: raise ConfigError('nproc', f"must be >= 1, got {n}")
             return n, rest
     return 1, list(argv)

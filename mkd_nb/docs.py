@@ -8,7 +8,8 @@ import argparse, configparser, os, re, shutil, sys, time
 from pathlib import Path
 
 def repo_root() -> Path:
-    "The project folder: the one holding settings.ini, found upwards from the working directory as nbdev finds it."
+    """The project folder: the one holding settings.ini, found upwards from the working directory as nbdev
+    finds it."""
     from nbdev.config import get_config
     return Path(get_config().config_path)
 
@@ -21,10 +22,11 @@ MATHJAX_FONTS = ('<script type="text/x-mathjax-config">MathJax.Hub.Config({"HTML
 # stops rendering, or comes out as `<Figure ...>` text, fails the build. Raise a count when a notebook gains a figure.
 MIN_IMAGES = {
     'index.ipynb': 2, '00_core.ipynb': 1, '01_data.ipynb': 2, '02_augment.ipynb': 2, '03_loader.ipynb': 1,
-    '04_models.ipynb': 0, '05_ema.ipynb': 1, '06_feature_aug.ipynb': 3, '07_losses.ipynb': 2, '08_methods.ipynb': 1,
-    '08a_mgd.ipynb': 4, '09_evaluate.ipynb': 1, '10_train.ipynb': 1, '11_viewer.ipynb': 2, '12_runner.ipynb': 0,
-    '12a_report.ipynb': 7, '12b_bench.ipynb': 0, '09a_export.ipynb': 0, '11a_demo.ipynb': 1, '14_gpu_check.ipynb': 0,
-    '15_docs.ipynb': 0, '16_cli.ipynb': 1,
+    '04_models.ipynb': 0, '05_ema.ipynb': 1, '06_feature_aug.ipynb': 3, '07_losses.ipynb': 2,
+    '08_methods.ipynb': 1, '08a_mgd.ipynb': 4, '09_evaluate.ipynb': 1, '10_train.ipynb': 1,
+    '11_viewer.ipynb': 2, '12_runner.ipynb': 0, '12a_report.ipynb': 7, '12b_bench.ipynb': 0,
+    '09a_export.ipynb': 0, '11a_demo.ipynb': 1, '14_gpu_check.ipynb': 0, '15_docs.ipynb': 0,
+    '16_cli.ipynb': 1,
 }
 FIGURE_TEXT = re.compile(r'^<\w*Figure size \d+(\.\d+)?x\d+(\.\d+)? with \d+ Axes>')
 
@@ -71,11 +73,13 @@ def drop_figure_text(nb):
             data = o.get('data', {})
             text = data.get('text/plain', '')
             text = ''.join(text) if isinstance(text, list) else text
-            if any(k.startswith('image/') for k in data) and FIGURE_TEXT.match(text.strip()): del data['text/plain']
+            if any(k.startswith('image/') for k in data) and FIGURE_TEXT.match(text.strip()):
+                del data['text/plain']
     return nb
 
 def execute_notebook(path, out=None, timeout: int = 1800, cwd=None):
-    "Run notebook `path` in a fresh python3 kernel (flagged cells skipped); save it with its outputs (to `out`)."
+    """Run notebook `path` in a fresh python3 kernel (flagged cells skipped); save it with its outputs (to
+    `out`)."""
     import nbformat
     from nbclient import NotebookClient
     path = Path(path); out = Path(out) if out else path
@@ -84,7 +88,8 @@ def execute_notebook(path, out=None, timeout: int = 1800, cwd=None):
     for c in nb.cells:
         if c.cell_type != 'code': continue
         c.outputs, c.execution_count = [], None
-        if is_flagged(c, flags): c.metadata['tags'] = ['skip-execution']    # nbdev_clean strips the tag afterwards
+        # nbdev_clean strips the tag afterwards
+        if is_flagged(c, flags): c.metadata['tags'] = ['skip-execution']
     env_backend = os.environ.pop('MPLBACKEND', None)    # ipykernel plots inline only when MPLBACKEND is unset
     try:
         NotebookClient(nb, timeout=timeout, kernel_name='python3',
@@ -97,7 +102,8 @@ def execute_notebook(path, out=None, timeout: int = 1800, cwd=None):
     return out
 
 def figure_report(nb) -> dict:
-    "Image outputs of a notebook (path or loaded), and the outputs that are a figure's text instead of its picture."
+    """Image outputs of a notebook (path or loaded), and the outputs that are a figure's text instead of its
+    picture."""
     import nbformat
     if not hasattr(nb, 'cells'): nb = nbformat.read(nb, as_version=4)
     images, as_text, executed = 0, [], 0
@@ -118,7 +124,8 @@ def mathjax_dir() -> Path:
     "The MathJax 2 copy shipped by the `jupyter-server-mathjax` package (a dev requirement)."
     try: import jupyter_server_mathjax
     except ImportError:
-        sys.exit("mkd_nb.docs: the `jupyter-server-mathjax` package is missing (it ships the MathJax the site uses "
+        sys.exit("mkd_nb.docs: the `jupyter-server-mathjax` package is missing (it ships the MathJax the "
+                 "site uses "
                  "offline); install the dev requirements: pip install -e '.[dev]'")
     return Path(jupyter_server_mathjax.__file__).parent / 'static'
 
@@ -126,7 +133,8 @@ def copy_mathjax(site: Path) -> Path:
     "MathJax into `site/mathjax` (the PNG fallback fonts are left out: browsers use the web fonts)."
     src, dst = mathjax_dir(), site / 'mathjax'
     if not (dst / 'MathJax.js').exists():
-        shutil.copytree(src, dst, ignore=shutil.ignore_patterns('png', '*.png', '__pycache__'), dirs_exist_ok=True)
+        shutil.copytree(src, dst, ignore=shutil.ignore_patterns('png', '*.png', '__pycache__'),
+                        dirs_exist_ok=True)
     return dst
 
 def _exporter():
@@ -134,7 +142,8 @@ def _exporter():
     from nbconvert.preprocessors import Preprocessor
 
     class ReaderView(Preprocessor):
-        "Leave out `#| hide` cells and the `#| default_exp` cell; drop the `#| ...` lines from the code shown."
+        """Leave out `#| hide` cells and the `#| default_exp` cell; drop the `#| ...` lines from the code
+        shown."""
         def preprocess(self, nb, resources):
             keep = []
             for c in nb.cells:
@@ -150,16 +159,19 @@ def _exporter():
 
     ex = HTMLExporter(template_name='lab', mathjax_url=f'mathjax/MathJax.js?config={MATHJAX_CONFIG}',
                       require_js_url='', jupyter_widgets_base_url='', widget_renderer_url='',
-                      exclude_input_prompt=True, exclude_output_prompt=True)   # nbdev_clean drops the counts anyway
+                      # nbdev_clean drops the counts anyway
+                      exclude_input_prompt=True, exclude_output_prompt=True)
     ex.register_preprocessor(ReaderView(), enabled=True)
     return ex
 
 def _offline(html: str) -> str:
     "Links between notebooks point at their pages; no script is fetched from elsewhere."
-    html = re.sub(r'href="(\./)?([\w.-]+)\.ipynb(#[^"]*)?"', lambda m: f'href="{m[2]}.html{m[3] or ""}"', html)
+    html = re.sub(r'href="(\./)?([\w.-]+)\.ipynb(#[^"]*)?"',
+                  lambda m: f'href="{m[2]}.html{m[3] or ""}"', html)
     html = re.sub(r'<script[^>]*\bsrc="(https?:)?//[^"]*"[^>]*>\s*</script>\s*', '', html)
     html = re.sub(r'<script src=""\s*>\s*</script>\s*', '', html)       # the emptied require.js url
-    return html.replace('<script src="mathjax/MathJax.js', MATHJAX_FONTS + '\n<script src="mathjax/MathJax.js', 1)
+    return html.replace('<script src="mathjax/MathJax.js',
+                        MATHJAX_FONTS + '\n<script src="mathjax/MathJax.js', 1)
 
 def build_site(notebooks, site=None) -> list:
     "One HTML page per notebook in `site` (default _docs/) and MathJax beside them; returns the pages."
@@ -186,10 +198,12 @@ def all_notebooks() -> list:
     return sorted(p for p in (repo_root() / 'nbs').glob('*.ipynb') if not p.name.startswith('_'))
 
 def main(argv=None):
-    "`python -m mkd_nb.docs [--execute] [NB ...]`: run the notebooks and save their outputs, then build the site."
+    """`python -m mkd_nb.docs [--execute] [NB ...]`: run the notebooks and save their outputs, then build the
+    site."""
     ap = argparse.ArgumentParser(prog='python -m mkd_nb.docs', description=__doc__.split('\n\n')[0])
     ap.add_argument('notebooks', nargs='*', help='notebooks (default: every nbs/*.ipynb)')
-    ap.add_argument('--execute', action='store_true', help='run them and save the outputs into the notebooks first')
+    ap.add_argument('--execute', action='store_true',
+                    help='run them and save the outputs into the notebooks first')
     ap.add_argument('--site', default=None, help='where the HTML goes (default _docs/)')
     ap.add_argument('--timeout', type=int, default=1800, help='seconds one cell may run')
     a = ap.parse_args(argv)
@@ -202,12 +216,14 @@ def main(argv=None):
             t0 = time.time()
             execute_notebook(p, timeout=a.timeout)
             r, size = figure_report(p), p.stat().st_size
-            print(f"{p.name}: {time.time() - t0:.0f} s, {r['images']} images, {size / 1e6:.2f} MB", flush=True)
+            print(f"{p.name}: {time.time() - t0:.0f} s, {r['images']} images, {size / 1e6:.2f} MB",
+                  flush=True)
             if size > MAX_BYTES:
                 problems.append(f"{p.name}: {size / 1e6:.2f} MB with outputs (limit {MAX_BYTES / 1e6:.1f} MB)")
             problems += [f"{p.name}: cell {i} shows a figure as text: {t}" for i, t in r['figure_text']]
             if r['images'] < MIN_IMAGES.get(p.name, 0):
-                problems.append(f"{p.name}: {r['images']} images, fewer than the {MIN_IMAGES[p.name]} it declares "
+                problems.append(f"{p.name}: {r['images']} images, fewer than the {MIN_IMAGES[p.name]} it "
+                                "declares "
                                 "(MIN_IMAGES)")
     pages = build_site(nbs, a.site)
     print(f"{len(pages)} pages in {a.site or repo_root() / '_docs'}")

@@ -37,7 +37,9 @@ def _pairs(teacher, student, kind):
         raise ValueError(f"ema_update: teacher and student {kind} differ, e.g. {diff[:3]}")
     for k, t in tn.items():
         s = sn[k]
-        if t.shape != s.shape: raise ValueError(f"ema_update: {kind[:-1]} {k!r} has shape {tuple(t.shape)} in the teacher, {tuple(s.shape)} in the student")
+        if t.shape != s.shape:
+            raise ValueError(f"ema_update: {kind[:-1]} {k!r} has shape {tuple(t.shape)} in the teacher, "
+                             f"{tuple(s.shape)} in the student")
     return [(tn[k], sn[k]) for k in tn]
 
 @torch.no_grad()

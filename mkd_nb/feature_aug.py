@@ -25,7 +25,8 @@ def labels_at(labels: torch.Tensor, size) -> torch.Tensor:
 
 def _check_labels(fn, labels, shape, C):
     if labels.dim() != 3 or tuple(labels.shape) != tuple(shape):
-        raise ValueError(f"{fn}: labels must have shape {tuple(shape)} (B,h,w of the features/logits), got {tuple(labels.shape)}; "
+        raise ValueError(f"{fn}: labels must have shape {tuple(shape)} (B,h,w of the features/logits), got "
+                         f"{tuple(labels.shape)}; "
                          f"resize them with labels_at(labels, (h, w))")
     bad = (labels != IGNORE_INDEX) & ((labels < 0) | (labels >= C))
     if bool(bad.any()):
@@ -33,17 +34,20 @@ def _check_labels(fn, labels, shape, C):
 
 # %% ../nbs/06_feature_aug.ipynb #12ae8ce1
 class ClassStats(nn.Module):
-    "Running per-class mean and diagonal variance of `dim`-dimensional features, all-reduced under torch.distributed."
+    """Running per-class mean and diagonal variance of `dim`-dimensional features, all-reduced under
+    torch.distributed."""
     def __init__(self, num_classes: int, dim: int):
         super().__init__()
-        if num_classes < 1 or dim < 1: raise ValueError(f"ClassStats: num_classes and dim must be >= 1, got {num_classes}, {dim}")
+        if num_classes < 1 or dim < 1:
+            raise ValueError(f"ClassStats: num_classes and dim must be >= 1, got {num_classes}, {dim}")
         self.num_classes, self.dim = num_classes, dim
         self.register_buffer('mean', torch.zeros(num_classes, dim))
         self.register_buffer('var', torch.zeros(num_classes, dim))
         self.register_buffer('count', torch.zeros(num_classes, dtype=torch.float64))
 
     def batch_moments(self, feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        "Packed float64 [C, 1+2D]: per-class count, sum and sum of squares of this batch (before any all-reduce)."
+        """Packed float64 [C, 1+2D]: per-class count, sum and sum of squares of this batch (before any
+        all-reduce)."""
         if feats.dim() != 4 or feats.shape[1] != self.dim:
             raise ValueError(f"ClassStats.update: feats must be [B,{self.dim},h,w], got {tuple(feats.shape)}")
         B, D, h, w = feats.shape
@@ -64,13 +68,15 @@ class ClassStats(nn.Module):
         "Merge the batch `feats` [B,D,h,w] with labels [B,h,w] (255 ignored) into the running statistics."
         packed = self.batch_moments(feats, labels)
         if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(packed)                      # ONE collective: counts, sums and sums of squares together
+            # ONE collective: counts, sums and sums of squares together
+            dist.all_reduce(packed)
         self.merge(packed)
         return self
 
     @torch.no_grad()
     def merge(self, packed: torch.Tensor):
-        "Merge packed [C, 1+2D] moments (count, sum, sum of squares) into the buffers with the running-moment merge rule."
+        """Merge packed [C, 1+2D] moments (count, sum, sum of squares) into the buffers with the
+        running-moment merge rule."""
         D = self.dim
         packed = packed.to(self.count.device)
         n = packed[:, 0]
@@ -93,17 +99,23 @@ class ClassStats(nn.Module):
 
 # %% ../nbs/06_feature_aug.ipynb #fcca1925
 def isda_table(weight: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
-    "T[y,j] = sum_a (W_ja - W_ya)^2 var[y,a] for a classifier weight [C,D] (or [C,D,1,1]) and class variances [C,D]."
+    """T[y,j] = sum_a (W_ja - W_ya)^2 var[y,a] for a classifier weight [C,D] (or [C,D,1,1]) and class
+    variances [C,D]."""
     W = weight.detach().reshape(weight.shape[0], -1)
     var = var.detach().to(W)
-    if W.shape != var.shape: raise ValueError(f"isda_logits: weight {tuple(W.shape)} and var {tuple(var.shape)} must both be [C,D]")
+    if W.shape != var.shape:
+        raise ValueError(f"isda_logits: weight {tuple(W.shape)} and var {tuple(var.shape)} must both be [C,D]")
     return ((W[None, :, :] - W[:, None, :]) ** 2 * var[:, None, :]).sum(-1)
 
-def isda_logits(logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor, var: torch.Tensor, lam: float) -> torch.Tensor:
-    "Logits [B,C,H,W] plus 0.5*lam*T[label] per pixel (ISDA with diagonal class variances); 255 pixels unchanged."
-    if logits.dim() != 4: raise ValueError(f"isda_logits: logits must be [B,C,H,W], got {tuple(logits.shape)}")
+def isda_logits(logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor, var: torch.Tensor,
+                lam: float) -> torch.Tensor:
+    """Logits [B,C,H,W] plus 0.5*lam*T[label] per pixel (ISDA with diagonal class variances); 255 pixels
+    unchanged."""
+    if logits.dim() != 4:
+        raise ValueError(f"isda_logits: logits must be [B,C,H,W], got {tuple(logits.shape)}")
     B, C, H, W_ = logits.shape
-    if weight.shape[0] != C: raise ValueError(f"isda_logits: weight has {weight.shape[0]} classes, logits {C}")
+    if weight.shape[0] != C:
+        raise ValueError(f"isda_logits: weight has {weight.shape[0]} classes, logits {C}")
     _check_labels('isda_logits', labels, (B, H, W_), C)
     if lam == 0: return logits
     T = isda_table(weight, var).to(logits.dtype)               # [C(y), C(j)]

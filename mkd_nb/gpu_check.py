@@ -27,14 +27,16 @@ NO_CUDA = 'no CUDA'
 # (recipe, GPUs its total batch is shared by)
 BENCH_RECIPES = (('voc-blended-r101', 4), ('cityscapes-r101', 4), ('mkd-official', 1))
 SKIP_CUDA = f'skipped: {NO_CUDA}'   # the status of a check only a GPU can run
-_TINY = dict(encoder='tu-mobilenetv3_small_050', decoder_channels=16, crop=32, batch_size=2)   # 0.3 M parameters
+# 0.3 M parameters
+_TINY = dict(encoder='tu-mobilenetv3_small_050', decoder_channels=16, crop=32, batch_size=2)
 
 CHECK_SIZES = {
     'gpu': dict(
         total_s=460,                     # with imports and the wheels' install, 8 minutes on one H100
         amp=dict(net=dict(encoder='resnet18', decoder_channels=64, crop=128, batch_size=4), steps=20, lr=0.01,
                  fp16=METHODS, teachers=('resnet34', 'resnet50'), box_s=90),
-        overflow=dict(net=dict(encoder='resnet18', decoder_channels=64, crop=128, batch_size=4), steps=6, box_s=20),
+        overflow=dict(net=dict(encoder='resnet18', decoder_channels=64, crop=128, batch_size=4), steps=6,
+                      box_s=20),
         distributed=dict(net=dict(encoder='resnet18', decoder_channels=64, crop=128, batch_size=4), box_s=25),
         channels_last=dict(net=dict(encoder='resnet50', crop=321, batch_size=2), steps=4, rounds=2, box_s=35),
         bench=dict(steps=3, warmup=1, shrink=None, teachers=None, box_s=150),
@@ -48,9 +50,10 @@ CHECK_SIZES = {
         overflow=dict(net=_TINY, steps=3, box_s=40),
         distributed=dict(net=_TINY, box_s=40),
         channels_last=dict(net=_TINY, steps=1, rounds=1, box_s=40),
-        bench=dict(steps=1, warmup=0, shrink=dict(_TINY, unlabeled_batch_size=2), teachers=(_TINY['encoder'],) * 2,
-                   box_s=90,
-                   plan=list(zip([r for r, _ in BENCH_RECIPES] * 2, [w for _, w in BENCH_RECIPES] * 2, METHODS))),
+        bench=dict(steps=1, warmup=0, shrink=dict(_TINY, unlabeled_batch_size=2),
+                   teachers=(_TINY['encoder'],) * 2, box_s=90,
+                   plan=list(zip([r for r, _ in BENCH_RECIPES] * 2, [w for _, w in BENCH_RECIPES] * 2,
+                                 METHODS))),
         compile=dict(net=_TINY, steps=1, rounds=1, box_s=40),
         camvid=dict(net=_TINY, compare_iters=2, short_iters=6, workers=0, n_train=8, n_val=2, box_s=90)),
 }
@@ -59,7 +62,8 @@ CHECK_SIZES = {
 BENCH_FIRST = ('mkd', 'unimatch')
 
 def bench_plan(recipes=BENCH_RECIPES, methods=METHODS, first=BENCH_FIRST) -> list:
-    "(recipe, world, method) in the order the step benchmark runs them: `first` methods at every recipe, then the rest."
+    """(recipe, world, method) in the order the step benchmark runs them: `first` methods at every recipe,
+    then the rest."""
     head = [(r, w, m) for m in first for r, w in recipes]
     return head + [(r, w, m) for r, w in recipes for m in methods if m not in first]
 
@@ -87,11 +91,13 @@ class Part:
         status = f"skipped: {skip}" if skip else ('ok' if ok else 'failed')
         c = dict(name=name, status=status, **info)
         self.checks.append(c)
-        self.log(f"  {self.name} / {name}: {status}" + ''.join(f"  {k}={_short(v)}" for k, v in info.items() if _scalar(v)))
+        self.log(f"  {self.name} / {name}: {status}"
+                 + ''.join(f"  {k}={_short(v)}" for k, v in info.items() if _scalar(v)))
         return c
 
     def attempt(self, name: str, fn, *args, **kw):
-        "`fn(*args, **kw)`, or None after recording check `name` as failed with the error (a spent time box still ends the part)."
+        """`fn(*args, **kw)`, or None after recording check `name` as failed with the error (a spent time box
+        still ends the part)."""
         try: return fn(*args, **kw)
         except TimeBox: raise
         except Exception as e:
@@ -104,10 +110,12 @@ def _short(v): return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 # %% ../nbs/14_gpu_check.ipynb #866d7364
 def report_counts(report: dict) -> dict:
-    "Numbers of checks that are ok, failed and skipped over all parts (a part that broke counts as one failure)."
+    """Numbers of checks that are ok, failed and skipped over all parts (a part that broke counts as one
+    failure)."""
     n = dict(ok=0, failed=0, skipped=0)
     for p in report['parts'].values():
-        for c in p['checks']: n['ok' if c['status'] == 'ok' else 'failed' if c['status'] == 'failed' else 'skipped'] += 1
+        for c in p['checks']:
+            n['ok' if c['status'] == 'ok' else 'failed' if c['status'] == 'failed' else 'skipped'] += 1
         if p['status'] in ('failed', 'timed out'): n['failed'] += 1
     return n
 
@@ -124,24 +132,31 @@ def render_report_md(report: dict) -> str:
     "The Markdown summary of `report`."
     n = report_counts(report)
     L = [f"# GPU check{' (dry run: tiny sizes on the CPU)' if report['dry'] else ''}", '',
-         f"{report['device']} · torch {report['torch']} · {report['started']} · {report.get('wall_s', 0):.0f} s · "
+         f"{report['device']} · torch {report['torch']} · {report['started']} · "
+         f"{report.get('wall_s', 0):.0f} s · "
          f"{n['ok']} ok, {n['failed']} failed, {n['skipped']} skipped", '',
-         *_table([dict(part=k, **p) for k, p in report['parts'].items()], ['part', 'status', 'seconds', 'error'])]
+         *_table([dict(part=k, **p) for k, p in report['parts'].items()],
+                 ['part', 'status', 'seconds', 'error'])]
     for k, p in report['parts'].items():
         L += ['', f"## {k}", '']
-        cols = ['name', 'status'] + list(dict.fromkeys(c for ch in p['checks'] for c in ch if c not in ('name', 'status')))
+        cols = ['name', 'status'] + list(dict.fromkeys(c for ch in p['checks'] for c in ch
+                                                        if c not in ('name', 'status')))
         L += _table(p['checks'], cols) if p['checks'] else ['(no checks recorded)']
     rows = report['parts'].get('bench', {}).get('data', {}).get('rows', [])
     if rows:
         L += ['', '## Step benchmark at the recipes\' sizes', '',
-              *_table(rows, ['recipe', 'method', 'encoder', 'crop', 'images', 'dtype', 'images_per_s', 'step_s', 'bare_s',
+              *_table(rows,
+                      ['recipe', 'method', 'encoder', 'crop', 'images', 'dtype', 'images_per_s', 'step_s',
+                       'bare_s',
                              'overhead_frac', 'peak_gib'])]
     return '\n'.join(L) + '\n'
 
 def write_report(report: dict, out) -> Path:
-    "Write `out/gpu_check.json` and `out/gpu_check.md` (each atomically, so a killed run leaves the last whole report)."
+    """Write `out/gpu_check.json` and `out/gpu_check.md` (each atomically, so a killed run leaves the last
+    whole report)."""
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
-    texts = {'gpu_check.json': json.dumps(report, indent=1, default=str) + '\n', 'gpu_check.md': render_report_md(report)}
+    texts = {'gpu_check.json': json.dumps(report, indent=1, default=str) + '\n',
+             'gpu_check.md': render_report_md(report)}
     for name, text in texts.items():
         tmp = out / f'.{name}.tmp'; tmp.write_text(text); os.replace(tmp, out / name)
     return out / 'gpu_check.json'
@@ -156,7 +171,8 @@ class Context:
         self.sizes = CHECK_SIZES['dry' if dry else 'gpu']
         self.t0 = time.monotonic()
         self.deadline = self.t0 + (total_s or self.sizes['total_s'])
-        self.part_deadline = self.deadline                 # run_part moves it to the end of the running part's box
+        # run_part moves it to the end of the running part's box
+        self.part_deadline = self.deadline
         self.camvid = camvid or os.environ.get('MKD_CAMVID')
         self.tmp = Path(tempfile.mkdtemp(prefix='mkd-gpu-check-'))
 
@@ -167,14 +183,16 @@ class Context:
     def part_left(self) -> float: return self.part_deadline - time.monotonic()
 
 def run_part(report: dict, name: str, fn, ctx: Context, min_s: float = 5.0) -> dict:
-    "Run `fn(part, ctx, **sizes)` under its time box; record its checks, data, status and time in `report`; rewrite the report."
+    """Run `fn(part, ctx, **sizes)` under its time box; record its checks, data, status and time in `report`;
+    rewrite the report."""
     sizes = dict(ctx.sizes.get(name, {}))
     box = min(sizes.pop('box_s', ctx.left()), ctx.left())
     part, t0 = Part(name, ctx.log), time.perf_counter()
-    rec = report['parts'][name] = dict(status='running', seconds=0.0, box_s=round(box, 1), checks=part.checks, data=part.data,
-                                       error=None)
+    rec = report['parts'][name] = dict(status='running', seconds=0.0, box_s=round(box, 1), checks=part.checks,
+                                       data=part.data, error=None)
     if box < min_s:
-        rec.update(status='skipped: out of time'); ctx.log(f"{name}: skipped, {ctx.left():.0f} s left of the whole check")
+        rec.update(status='skipped: out of time')
+        ctx.log(f"{name}: skipped, {ctx.left():.0f} s left of the whole check")
     else:
         ctx.log(f"{name}: start (time box {box:.0f} s)")
         ctx.part_deadline = time.monotonic() + box
@@ -184,9 +202,11 @@ def run_part(report: dict, name: str, fn, ctx: Context, min_s: float = 5.0) -> d
         except TimeBox as e:
             rec.update(status='timed out', error=str(e))
         except Exception as e:
-            rec.update(status='failed', error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc(limit=8))
+            rec.update(status='failed', error=f"{type(e).__name__}: {e}",
+                       traceback=traceback.format_exc(limit=8))
         rec['seconds'] = round(time.perf_counter() - t0, 1)
-        ctx.log(f"{name}: {rec['status']} after {rec['seconds']:.1f} s" + (f" ({rec['error']})" if rec['error'] else ''))
+        ctx.log(f"{name}: {rec['status']} after {rec['seconds']:.1f} s"
+                + (f" ({rec['error']})" if rec['error'] else ''))
     gc.collect()
     if ctx.cuda: torch.cuda.empty_cache()
     report['wall_s'] = time.monotonic() - ctx.t0
@@ -195,7 +215,8 @@ def run_part(report: dict, name: str, fn, ctx: Context, min_s: float = 5.0) -> d
 
 # %% ../nbs/14_gpu_check.ipynb #030da071
 def _teacher_kw(method: str, model, num_classes: int, folder, encoders: Optional[tuple] = None) -> dict:
-    "For `mgd`: stand-in (deep, wide) teacher checkpoints with `encoders`, by default `mkd-bench step`'s; else {}."
+    """For `mgd`: stand-in (deep, wide) teacher checkpoints with `encoders`, by default `mkd-bench step`'s;
+    else {}."""
     if method != 'mgd': return {}
     from mkd_nb.bench import stand_in_teachers, _teacher_models, mkd_bench
     d = inspect.signature(mkd_bench).parameters
@@ -208,7 +229,8 @@ def falls(xs: list) -> bool:
     return len(xs) >= 2 and statistics.fmean(xs[-k:]) < statistics.fmean(xs[:k])
 
 def _watch_scaler(tr) -> list:
-    "Record the loss scale after every `GradScaler.update` of trainer `tr`; a drop means the scaler skipped that step."
+    """Record the loss scale after every `GradScaler.update` of trainer `tr`; a drop means the scaler skipped
+    that step."""
     scales, update = [], tr.scaler.update
     def watched(*a, **k):
         update(*a, **k); scales.append(float(tr.scaler.get_scale()) if tr.scaler.is_enabled() else 1.0)
@@ -217,13 +239,15 @@ def _watch_scaler(tr) -> list:
 
 def amp_run(method: str, amp: str, ctx: Context, net: dict, steps: int, teachers: Optional[tuple] = None,
             lr: float = 0.002) -> dict:
-    "Train `method` for `steps` steps on synthetic shapes under `amp`; the losses, the skips and the step time."
+    """Train `method` for `steps` steps on synthetic shapes under `amp`; the losses, the skips and the step
+    time."""
     from mkd_nb.train import Trainer
     from mkd_nb.data import SYNTHETIC_INFO
     out = ctx.tmp / f'amp-{method}-{amp}'
-    kw = dict(net, dataset='synthetic', synthetic_train=32, synthetic_val=4, synthetic_size=net['crop'] + net['crop'] // 4,
-              labeled='1/4', optimizer='adamw', lr=lr, iters=1000, eval_every=steps, log_every=1, workers=0, amp=amp,
-              device=str(ctx.device), out=str(out))
+    kw = dict(net, dataset='synthetic', synthetic_train=32, synthetic_val=4,
+              synthetic_size=net['crop'] + net['crop'] // 4,
+              labeled='1/4', optimizer='adamw', lr=lr, iters=1000, eval_every=steps, log_every=1, workers=0,
+              amp=amp, device=str(ctx.device), out=str(out))
     model = make_config('sup', **kw).model
     kw.update(_teacher_kw(method, model, SYNTHETIC_INFO.num_classes, ctx.tmp / 'teachers', teachers))
     tr = Trainer(make_config(method, **kw))
@@ -234,30 +258,36 @@ def amp_run(method: str, amp: str, ctx: Context, net: dict, steps: int, teachers
     loss, sup = [r['loss'] for r in rows], [r['sup'] for r in rows]
     return dict(loss=loss, sup=sup, steps=m['iters'], trainer_skipped=m['skipped_steps'],
                 scaler_skipped=sum(b < a for a, b in zip([65536.0] + scales, scales)) if amp == 'fp16' else 0,
-                final_scale=scales[-1] if scales else None, step_s=statistics.median(r['step_s'] for r in rows),
-                miou=m['final']['miou'])
+                final_scale=scales[-1] if scales else None,
+                step_s=statistics.median(r['step_s'] for r in rows), miou=m['final']['miou'])
 
-def check_amp(part: Part, ctx: Context, net: dict, steps: int, lr: float, fp16=METHODS, teachers: Optional[tuple] = None):
-    "Every method under bf16 and fp16 (`fp16`: those that run it): finite losses, a falling supervised term, skips counted."
+def check_amp(part: Part, ctx: Context, net: dict, steps: int, lr: float, fp16=METHODS,
+              teachers: Optional[tuple] = None):
+    """Every method under bf16 and fp16 (`fp16`: those that run it): finite losses, a falling supervised term,
+    skips counted."""
     for method in METHODS:
         for amp in ('bf16', 'fp16'):
             if amp == 'fp16' and method not in fp16:
-                part.check(f"{method} {amp}", skip=f"{NO_CUDA} (float16 on a CPU is slow: the dry run runs {', '.join(fp16)})")
+                part.check(f"{method} {amp}",
+                           skip=f"{NO_CUDA} (float16 on a CPU is slow: the dry run runs {', '.join(fp16)})")
                 continue
             r = part.attempt(f"{method} {amp}", amp_run, method, amp, ctx, net, steps, teachers, lr)
             if r is None: continue
             finite = all(map(math.isfinite, r['loss'] + r['sup']))
             part.check(f"{method} {amp}", finite and falls(r['sup']) and r['steps'] == steps, finite=finite,
                        sup_falls=falls(r['sup']),
-                       loss_first=r['loss'][0], loss_last=r['loss'][-1], sup_first=r['sup'][0], sup_last=r['sup'][-1],
-                       trainer_skipped=r['trainer_skipped'], scaler_skipped=r['scaler_skipped'], step_ms=1000 * r['step_s'],
-                       device=str(ctx.device))
+                       loss_first=r['loss'][0], loss_last=r['loss'][-1], sup_first=r['sup'][0],
+                       sup_last=r['sup'][-1],
+                       trainer_skipped=r['trainer_skipped'], scaler_skipped=r['scaler_skipped'],
+                       step_ms=1000 * r['step_s'], device=str(ctx.device))
 
 # %% ../nbs/14_gpu_check.ipynb #5a4810ec
 def check_overflow(part: Part, ctx: Context, net: dict, steps: int, at: int = 1):
-    "Real fp16 overflow at step `at`: counted by the Trainer, no weight changed, the loss scale halved, later steps finite."
+    """Real fp16 overflow at step `at`: counted by the Trainer, no weight changed, the loss scale halved,
+    later steps finite."""
     from mkd_nb.train import Trainer
-    cfg = make_config('sup', **net, dataset='synthetic', synthetic_train=16, synthetic_val=4, synthetic_size=net['crop'],
+    cfg = make_config('sup', **net, dataset='synthetic', synthetic_train=16, synthetic_val=4,
+                      synthetic_size=net['crop'],
                       labeled='1/2', iters=steps, eval_every=steps, log_every=1, workers=0, amp='fp16',
                       device=str(ctx.device), out=str(ctx.tmp / 'overflow'))
     tr = Trainer(cfg)
@@ -278,7 +308,8 @@ def check_overflow(part: Part, ctx: Context, net: dict, steps: int, at: int = 1)
     where = f"{ctx.device.type}{'' if ctx.cuda else ' (CPU float16 autocast)'}"
     part.check('overflow counted', tr.skipped == 1, trainer_skipped=tr.skipped, device=where)
     part.check('overflowing step changed no weight', not changed[at], changed=changed)
-    part.check('loss scale halved', scale[at][1] == scale[at][0] / 2, scale_before=scale[at][0], scale_after=scale[at][1])
+    part.check('loss scale halved', scale[at][1] == scale[at][0] / 2, scale_before=scale[at][0],
+               scale_after=scale[at][1])
     # any other step: applied exactly when the scaler kept its scale (it may skip early steps whose gradients overflow)
     others = [i for i in range(steps) if i != at]
     part.check('other steps applied unless the scaler skipped them',
@@ -293,24 +324,28 @@ def _free_port() -> int:
     with socket.socket() as s: s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
 
 def check_distributed(part: Part, ctx: Context, net: dict):
-    "SyncBN conversion and a step with it, all_reduce and sync_grads through a one-process NCCL group (CPU: gloo)."
+    """SyncBN conversion and a step with it, all_reduce and sync_grads through a one-process NCCL group (CPU:
+    gloo)."""
     import torch.distributed as dist
     from mkd_nb.methods import build_method, toy_batch
     from mkd_nb.train import sync_grads, _bn_buffers
     backend = 'nccl' if ctx.cuda else 'gloo'
     cfg = make_config('mkd', **net, device=str(ctx.device), iters=10)
     method = build_method(cfg, 5).to(ctx.device).train()
-    nets = method.students() if ctx.cuda else build_method(cfg, 5).students()   # on the CPU a copy is converted and counted
+    # on the CPU a copy is converted and counted
+    nets = method.students() if ctx.cuda else build_method(cfg, 5).students()
     n_bn = sum(isinstance(m, nn.BatchNorm2d) for s in nets for m in s.modules())
     for s in nets: nn.SyncBatchNorm.convert_sync_batchnorm(s)
     n_sync = sum(isinstance(m, nn.SyncBatchNorm) for s in nets for m in s.modules())
     part.check('SyncBatchNorm conversion', n_sync == n_bn > 0, batchnorm=n_bn, converted=n_sync)
-    if ctx.cuda: torch.cuda.set_device(ctx.device.index or 0)    # NCCL binds the process to the current device
+    # NCCL binds the process to the current device
+    if ctx.cuda: torch.cuda.set_device(ctx.device.index or 0)
     dist.init_process_group(backend, init_method=f'tcp://127.0.0.1:{_free_port()}', rank=0, world_size=1)
     try:
         x = torch.arange(4., device=ctx.device)
         dist.all_reduce(x)
-        part.check(f'all_reduce ({backend})', torch.equal(x.cpu(), torch.arange(4.)), backend=dist.get_backend())
+        part.check(f'all_reduce ({backend})', torch.equal(x.cpu(), torch.arange(4.)),
+                   backend=dist.get_backend())
         if not ctx.cuda: part.check('all_reduce (nccl)', skip=NO_CUDA)
         n, c = net['batch_size'], net['crop']
         lab, unl = ({k: v.to(ctx.device) for k, v in b.items()} for b in toy_batch(n, n, c, 5))
@@ -320,9 +355,12 @@ def check_distributed(part: Part, ctx: Context, net: dict):
         params = [p for s in method.students() for p in s.parameters() if p.requires_grad]
         calls = sync_grads(params, _bn_buffers(method.students() + method.teachers()), world=1)
         grads = [p.grad for p in params if p.grad is not None]
-        part.check(f'sync_grads ({backend})', calls >= 1 and len(grads) > 0 and all(torch.isfinite(g).all() for g in grads),
+        part.check(f'sync_grads ({backend})',
+                   calls >= 1 and len(grads) > 0 and all(torch.isfinite(g).all() for g in grads),
                    collectives=calls, loss=out.loss.item())
-        if ctx.cuda: part.check('training step with SyncBatchNorm', math.isfinite(out.loss.item()), loss=out.loss.item())
+        if ctx.cuda:
+            part.check('training step with SyncBatchNorm', math.isfinite(out.loss.item()),
+                       loss=out.loss.item())
         else: part.check('training step with SyncBatchNorm', skip=NO_CUDA)
     finally: dist.destroy_process_group()
 
@@ -335,19 +373,23 @@ def exact_fp32():
     try: yield
     finally: torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
-def _settings(ctx: Context, net: dict, steps: int, rounds: int, channels_last=(False,), compile=(False,)) -> list:
+def _settings(ctx: Context, net: dict, steps: int, rounds: int, channels_last=(False,),
+              compile=(False,)) -> list:
     "`bench_settings` rows of the MKD step on the check's device (bf16 on the GPU, fp32 on the CPU)."
     from mkd_nb.bench import bench_settings
-    return bench_settings('mkd', threads=(None,), channels_last=channels_last, compile=compile, steps=steps, rounds=rounds,
-                          warmup=1,
+    return bench_settings('mkd', threads=(None,), channels_last=channels_last, compile=compile, steps=steps,
+                          rounds=rounds, warmup=1,
                           device=str(ctx.device), amp='bf16' if ctx.cuda else 'off', iters=1000, **net)
 
 def check_channels_last(part: Part, ctx: Context, net: dict, steps: int, rounds: int):
-    "The same outputs in both memory formats (fp32), and the MKD step's time with and without `channels_last`."
+    """The same outputs in both memory formats (fp32), and the MKD step's time with and without
+    `channels_last`."""
     from mkd_nb.models import SegNet
     torch.manual_seed(0)
-    a = SegNet('deeplabv3plus', net['encoder'], 5, decoder_channels=net.get('decoder_channels', 256)).to(ctx.device).eval()
-    b = SegNet('deeplabv3plus', net['encoder'], 5, decoder_channels=net.get('decoder_channels', 256)).to(ctx.device).eval()
+    a = SegNet('deeplabv3plus', net['encoder'], 5,
+               decoder_channels=net.get('decoder_channels', 256)).to(ctx.device).eval()
+    b = SegNet('deeplabv3plus', net['encoder'], 5,
+               decoder_channels=net.get('decoder_channels', 256)).to(ctx.device).eval()
     b.load_state_dict(a.state_dict()); b.to(memory_format=torch.channels_last)
     x = torch.randn(net['batch_size'], 3, net['crop'], net['crop'], device=ctx.device)
     with torch.no_grad(), exact_fp32(): ya, yb = a(x), b(x.contiguous(memory_format=torch.channels_last))
@@ -361,19 +403,24 @@ def check_channels_last(part: Part, ctx: Context, net: dict, steps: int, rounds:
                time_vs_plain=cl['time_vs_plain'], device=str(ctx.device))
 
 def check_compile(part: Part, ctx: Context, net: dict, steps: int, rounds: int):
-    "Whether the MKD step compiles, how long compiling takes and how much faster the compiled step is (CUDA only)."
+    """Whether the MKD step compiles, how long compiling takes and how much faster the compiled step is (CUDA
+    only)."""
     rows = _settings(ctx, net, steps, rounds, compile=(False, True) if ctx.cuda else (False,))
     part.data['rows'] = rows
     plain = next(r for r in rows if not r['compile'])
     part.check('plain mkd step', math.isfinite(plain['step_s']), step_ms=1000 * plain['step_s'])
     if not ctx.cuda: part.check('torch.compile of the mkd step', skip=NO_CUDA); return
     comp = next(r for r in rows if r['compile'])
-    part.check('torch.compile of the mkd step', math.isfinite(comp['step_s']), compile_setup_s=comp['setup_s'],
-               plain_setup_s=plain['setup_s'], step_ms=1000 * comp['step_s'], speedup=plain['step_s'] / comp['step_s'])
+    part.check('torch.compile of the mkd step', math.isfinite(comp['step_s']),
+               compile_setup_s=comp['setup_s'],
+               plain_setup_s=plain['setup_s'], step_ms=1000 * comp['step_s'],
+               speedup=plain['step_s'] / comp['step_s'])
 
 # %% ../nbs/14_gpu_check.ipynb #b5f4aba8
-def bench_config(recipe: str, world: int, method: str, ctx: Context, shrink: Optional[dict] = None, teachers=None):
-    "(config, classes) of `method` at `recipe` on `world` GPUs, random init and synthetic data; `shrink` overrides sizes."
+def bench_config(recipe: str, world: int, method: str, ctx: Context, shrink: Optional[dict] = None,
+                 teachers=None):
+    """(config, classes) of `method` at `recipe` on `world` GPUs, random init and synthetic data; `shrink`
+    overrides sizes."""
     from mkd_nb.train import recipe_config, recipe_values
     from mkd_nb.data import VOC_INFO, CITYSCAPES_INFO
     classes = {'voc': VOC_INFO, 'cityscapes': CITYSCAPES_INFO}[recipe_values(recipe)['dataset']].num_classes
@@ -383,9 +430,10 @@ def bench_config(recipe: str, world: int, method: str, ctx: Context, shrink: Opt
         kw.update(_teacher_kw('mgd', model, classes, ctx.tmp / f'teachers-{recipe}', teachers))
     return recipe_config(recipe, method, world=world, **kw), classes
 
-def check_bench(part: Part, ctx: Context, steps: int, warmup: int, shrink: Optional[dict] = None, teachers=None,
-                plan=None):
-    "`bench_step` of every (recipe, method) of `bench_plan()` (or only those in `plan`) while the part's time lasts."
+def check_bench(part: Part, ctx: Context, steps: int, warmup: int, shrink: Optional[dict] = None,
+                teachers=None, plan=None):
+    """`bench_step` of every (recipe, method) of `bench_plan()` (or only those in `plan`) while the part's
+    time lasts."""
     from mkd_nb.bench import bench_step
     rows, spent = part.data.setdefault('rows', []), []
     for recipe, world, method in bench_plan():
@@ -393,7 +441,9 @@ def check_bench(part: Part, ctx: Context, steps: int, warmup: int, shrink: Optio
         if plan is not None and (recipe, world, method) not in plan:
             part.check(name, skip=f"{NO_CUDA} (the dry run times each method and each recipe once)"); continue
         if spent and ctx.part_left() < 1.5 * max(spent):
-            part.check(name, skip=f"out of time ({ctx.part_left():.0f} s left, the slowest so far took {max(spent):.0f} s)")
+            part.check(name,
+                       skip=f"out of time ({ctx.part_left():.0f} s left, the slowest so far took "
+                            f"{max(spent):.0f} s)")
             continue
         t0 = time.perf_counter()
         def run():   # an out-of-memory error is recorded as this item's failure and the plan goes on
@@ -409,11 +459,14 @@ def check_bench(part: Part, ctx: Context, steps: int, warmup: int, shrink: Optio
                    step_s=r['step_s'], bare_s=r['bare_s'], overhead_frac=r['overhead_frac'],
                    forward_images=r['forward_images'],
                    peak_gib=r['peak_mib'] / 1024 if r['peak_mib'] is not None else None,
-                   bare_peak_gib=r['bare_peak_mib'] / 1024 if r['bare_peak_mib'] is not None else None, device=r['device'])
+                   bare_peak_gib=r['bare_peak_mib'] / 1024 if r['bare_peak_mib'] is not None else None,
+                   device=r['device'])
         rows.append(row)
-        part.check(name, math.isfinite(r['step_s']) and r['step_s'] > 0 and (row['peak_gib'] is not None or not ctx.cuda),
-                   images_per_s=row['images_per_s'], peak_gib=row['peak_gib'], overhead_frac=row['overhead_frac'],
-                   seconds=round(spent[-1], 1))
+        part.check(name,
+                   math.isfinite(r['step_s']) and r['step_s'] > 0
+                   and (row['peak_gib'] is not None or not ctx.cuda),
+                   images_per_s=row['images_per_s'], peak_gib=row['peak_gib'],
+                   overhead_frac=row['overhead_frac'], seconds=round(spent[-1], 1))
         gc.collect()
         if ctx.cuda: torch.cuda.empty_cache()
 
@@ -424,23 +477,28 @@ MIN_TREND_ITERS = 20  # a short run shorter than this is held to finite losses o
 
 @contextlib.contextmanager
 def cpu_drawn_boxes():
-    "Inside the block, methods draw their CutMix masks from the CPU generator (then move them), the same on every device."
+    """Inside the block, methods draw their CutMix masks from the CPU generator (then move them), the same on
+    every device."""
     import mkd_nb.methods as M
     orig = M.cutmix_masks
-    M.cutmix_masks = lambda n, h, w, variant='mkd', generator=None, device=None: orig(n, h, w, variant=variant).to(device)
+    M.cutmix_masks = (lambda n, h, w, variant='mkd', generator=None, device=None:
+                      orig(n, h, w, variant=variant).to(device))
     try: yield
     finally: M.cutmix_masks = orig
 
-def camvid_run(method: str, ctx: Context, root, device: str, amp: str, iters: int, net: Optional[dict], workers: int,
-               comparable: bool) -> dict:
-    "The first `iters` iterations of the camvid-cpu protocol's `method` row; `comparable`: no dropout, CPU boxes, no TF32."
+def camvid_run(method: str, ctx: Context, root, device: str, amp: str, iters: int, net: Optional[dict],
+               workers: int, comparable: bool) -> dict:
+    """The first `iters` iterations of the camvid-cpu protocol's `method` row; `comparable`: no dropout, CPU
+    boxes, no TF32."""
     from mkd_nb.runner import load_protocol
     from mkd_nb.train import Trainer
     p = load_protocol('camvid-cpu')
     row = next(r for r in p['rows'] if r['name'] == method)
-    kw = {k: v for k, v in p['config'].items() if k not in ('iters', 'eval_every', 'log_every', 'workers', 'device')}
+    kw = {k: v for k, v in p['config'].items()
+          if k not in ('iters', 'eval_every', 'log_every', 'workers', 'device')}
     kw.update(row['overrides'], **(net or {}), root=str(root), labeled='1/4', eval_every=iters, log_every=1,
-              workers=workers, device=device, amp=amp, out=str(ctx.tmp / f'camvid-{method}-{device}-{amp}-{iters}'))
+              workers=workers, device=device, amp=amp,
+              out=str(ctx.tmp / f'camvid-{method}-{device}-{amp}-{iters}'))
     same = contextlib.nullcontext
     with cpu_drawn_boxes() if comparable else same(), exact_fp32() if comparable else same():
         tr = Trainer(make_config(row['method'], **kw))
@@ -456,38 +514,43 @@ def camvid_run(method: str, ctx: Context, root, device: str, amp: str, iters: in
 
 def _rel(a: float, b: float) -> float: return abs(a - b) / max(abs(b), 1e-12)
 
-def check_camvid(part: Part, ctx: Context, net: Optional[dict], compare_iters: int, short_iters: int, workers: int,
-                 n_train: int, n_val: int):
-    "CamVid sup and mkd: CPU vs GPU fp32 losses (FP32_REL_TOL), GPU bf16's first loss (BF16_REL_TOL), a short bf16 run."
+def check_camvid(part: Part, ctx: Context, net: Optional[dict], compare_iters: int, short_iters: int,
+                 workers: int, n_train: int, n_val: int):
+    """CamVid sup and mkd: CPU vs GPU fp32 losses (FP32_REL_TOL), GPU bf16's first loss (BF16_REL_TOL), a
+    short bf16 run."""
     root = Path(ctx.camvid or '')
     if not (root / 'train.txt').is_file():
         for m in ('sup', 'mkd'):
             part.check(f'camvid {m}', skip=f"no CamVid copy at {root} (set MKD_CAMVID or pass --camvid)")
         return
-    if ctx.dry: root = Path(pack_camvid(root, ctx.tmp / 'camvid', n_train, n_val)['dst'])   # what gpu-pack does, smaller
+    # what gpu-pack does, smaller
+    if ctx.dry: root = Path(pack_camvid(root, ctx.tmp / 'camvid', n_train, n_val)['dst'])
     part.data['images'] = dict(train=len((root / 'train.txt').read_text().split('\n')) - 1, root=str(root))
     dev = 'cuda' if ctx.cuda else 'cpu'
     for m in ('sup', 'mkd'):
-        cpu = part.attempt(f'{m}: cpu fp32 run', camvid_run, m, ctx, root, 'cpu', 'off', compare_iters, net, workers, True)
+        cpu = part.attempt(f'{m}: cpu fp32 run', camvid_run, m, ctx, root, 'cpu', 'off', compare_iters, net,
+                           workers, True)
         if cpu is None: continue
         if ctx.cuda:
-            gpu = part.attempt(f'{m}: cuda fp32 run', camvid_run, m, ctx, root, dev, 'off', compare_iters, net, workers, True)
+            gpu = part.attempt(f'{m}: cuda fp32 run', camvid_run, m, ctx, root, dev, 'off', compare_iters,
+                               net, workers, True)
             if gpu is None: continue
             rel = [_rel(g, c) for g, c in zip(gpu['loss'], cpu['loss'])]
             part.check(f'{m}: cuda fp32 = cpu fp32', len(rel) == compare_iters and max(rel) <= FP32_REL_TOL,
                        max_rel_diff=max(rel),
                        tolerance=FP32_REL_TOL, cpu_loss=cpu['loss'], gpu_loss=gpu['loss'])
         else: part.check(f'{m}: cuda fp32 = cpu fp32', skip=NO_CUDA)
-        bf = part.attempt(f'{m}: {dev} bf16 run', camvid_run, m, ctx, root, dev, 'bf16', short_iters, net, workers, True)
+        bf = part.attempt(f'{m}: {dev} bf16 run', camvid_run, m, ctx, root, dev, 'bf16', short_iters, net,
+                          workers, True)
         if bf is None: continue
         r1 = _rel(bf['loss'][0], cpu['loss'][0])
-        part.check(f'{m}: {dev} bf16 first loss ~ cpu fp32', r1 <= BF16_REL_TOL, rel_diff=r1, tolerance=BF16_REL_TOL)
+        part.check(f'{m}: {dev} bf16 first loss ~ cpu fp32', r1 <= BF16_REL_TOL, rel_diff=r1,
+                   tolerance=BF16_REL_TOL)
         finite, trend = all(map(math.isfinite, bf['loss'])), short_iters >= MIN_TREND_ITERS
-        part.check(f'{m}: {dev} bf16 short run', finite and (falls(bf['sup']) or not trend), iters=short_iters,
-                   falls_required=trend,
-                   loss_first=bf['loss'][0],
-                   loss_last=bf['loss'][-1], sup_falls=falls(bf['sup']), miou=bf['miou'], it_per_s=bf['it_per_s'],
-                   skipped=bf['skipped'])
+        part.check(f'{m}: {dev} bf16 short run', finite and (falls(bf['sup']) or not trend),
+                   iters=short_iters, falls_required=trend, loss_first=bf['loss'][0],
+                   loss_last=bf['loss'][-1], sup_falls=falls(bf['sup']), miou=bf['miou'],
+                   it_per_s=bf['it_per_s'], skipped=bf['skipped'])
 
 # %% ../nbs/14_gpu_check.ipynb #a846007e
 def check_env(part: Part, ctx: Context):
@@ -495,13 +558,15 @@ def check_env(part: Part, ctx: Context):
     import platform
     from importlib.metadata import version, PackageNotFoundError
     d = part.data
-    d.update(python=platform.python_version(), torch=torch.__version__, cpus=os.cpu_count(), threads=torch.get_num_threads())
+    d.update(python=platform.python_version(), torch=torch.__version__, cpus=os.cpu_count(),
+             threads=torch.get_num_threads())
     for pkg in ('segmentation-models-pytorch', 'timm', 'fastcore', 'fastprogress', 'torchvision'):
         try: d[pkg] = version(pkg)
         except PackageNotFoundError: d[pkg] = None
     if not ctx.cuda: part.check('CUDA device', skip=NO_CUDA); return
     p = torch.cuda.get_device_properties(ctx.device)
-    d.update(gpu=p.name, capability=f"{p.major}.{p.minor}", gpu_mem_gib=p.total_memory / 2**30, cuda=torch.version.cuda,
+    d.update(gpu=p.name, capability=f"{p.major}.{p.minor}", gpu_mem_gib=p.total_memory / 2**30,
+             cuda=torch.version.cuda,
              cudnn=torch.backends.cudnn.version(), nccl=_version_text(torch.cuda.nccl.version()),
              bf16=torch.cuda.is_bf16_supported())
     part.check('CUDA device', True, gpu=p.name, gpu_mem_gib=d['gpu_mem_gib'], cuda=d['cuda'])
@@ -509,12 +574,17 @@ def check_env(part: Part, ctx: Context):
 def _version_text(v) -> str: return '.'.join(map(str, v)) if isinstance(v, (tuple, list)) else str(v)
 
 PARTS = {'env': check_env, 'amp': check_amp, 'overflow': check_overflow, 'distributed': check_distributed,
-         'channels_last': check_channels_last, 'bench': check_bench, 'compile': check_compile, 'camvid': check_camvid}
+         'channels_last': check_channels_last, 'bench': check_bench, 'compile': check_compile,
+         'camvid': check_camvid}
 
-def gpu_check(out, dry: bool = False, camvid: Optional[str] = None, total_s: Optional[float] = None, only=None) -> dict:
-    "Run the parts (`only`: a comma-separated subset) into folder `out`; returns the report also written there."
+def gpu_check(out, dry: bool = False, camvid: Optional[str] = None, total_s: Optional[float] = None,
+              only=None) -> dict:
+    """Run the parts (`only`: a comma-separated subset) into folder `out`; returns the report also written
+    there."""
     if not dry and not torch.cuda.is_available():
-        raise ConfigError('device', "no CUDA device: the GPU sizes would take hours on a CPU; pass --dry for the CPU dry run")
+        raise ConfigError('device',
+                          "no CUDA device: the GPU sizes would take hours on a CPU; pass --dry for the CPU "
+                          "dry run")
     only = [o.strip() for o in only.split(',')] if isinstance(only, str) else only
     bad = [o for o in only or [] if o not in PARTS]
     if bad: raise ConfigError('only', f"unknown part(s) {bad}; valid: {', '.join(PARTS)}")
@@ -524,7 +594,8 @@ def gpu_check(out, dry: bool = False, camvid: Optional[str] = None, total_s: Opt
     report = dict(dry=dry, started=time.strftime('%Y-%m-%d %H:%M:%S %Z'), torch=torch.__version__,
                   device=torch.cuda.get_device_name(ctx.device) if ctx.cuda else 'cpu', sizes=ctx.sizes,
                   tolerances=dict(fp32_rel=FP32_REL_TOL, bf16_rel=BF16_REL_TOL), parts={})
-    ctx.log(f"GPU check{' (dry run)' if dry else ''} on {report['device']} into {out}: {ctx.left():.0f} s for "
+    ctx.log(f"GPU check{' (dry run)' if dry else ''} on {report['device']} into {out}: {ctx.left():.0f} s "
+            "for "
             f"{', '.join(k for k in PARTS if not only or k in only)}")
     try:
         for name, fn in PARTS.items():
@@ -537,31 +608,40 @@ def gpu_check(out, dry: bool = False, camvid: Optional[str] = None, total_s: Opt
 
 # %% ../nbs/14_gpu_check.ipynb #dece4100
 def pack_camvid(src, dst, n_train: int = 48, n_val: int = 12) -> dict:
-    "Copy the first `n_train` / `n_val` image and mask pairs of CamVid's train.txt / val.txt in `src` into `dst`, lists too."
+    """Copy the first `n_train` / `n_val` image and mask pairs of CamVid's train.txt / val.txt in `src` into
+    `dst`, lists too."""
     src, dst = Path(src), Path(dst)
     files = 0
     for split, n in (('train', n_train), ('val', n_val)):
         lst = src / f'{split}.txt'
         if not lst.is_file():
-            raise FileNotFoundError(f"pack_camvid: {lst} not found (give the CamVid 240x180 folder, as MKD_CAMVID)")
+            raise FileNotFoundError(f"pack_camvid: {lst} not found (give the CamVid 240x180 folder, as "
+                                    "MKD_CAMVID)")
         lines = [l for l in lst.read_text().splitlines() if l.strip()][:n]
         for l in lines:
             for rel in l.split():
-                (dst / rel).parent.mkdir(parents=True, exist_ok=True); shutil.copy2(src / rel, dst / rel); files += 1
+                (dst / rel).parent.mkdir(parents=True, exist_ok=True); shutil.copy2(src / rel, dst / rel)
+                files += 1
         (dst / f'{split}.txt').write_text('\n'.join(lines) + '\n')
-    return dict(files=files, mib=sum(f.stat().st_size for f in dst.rglob('*') if f.is_file()) / 2**20, dst=str(dst))
+    return dict(files=files, mib=sum(f.stat().st_size for f in dst.rglob('*') if f.is_file()) / 2**20,
+                dst=str(dst))
 
 # %% ../nbs/14_gpu_check.ipynb #46acf245
 def main(argv=None):
-    "`python -m mkd_nb.gpu_check OUT [--dry] [--camvid DIR] [--total-s S] [--only PARTS]`, or `OUT --pack-camvid SRC`."
+    """`python -m mkd_nb.gpu_check OUT [--dry] [--camvid DIR] [--total-s S] [--only PARTS]`, or `OUT
+    --pack-camvid SRC`."""
     import argparse
     ap = argparse.ArgumentParser(prog='python -m mkd_nb.gpu_check', description=__doc__)
-    ap.add_argument('out', help='folder for gpu_check.json and .md (with --pack-camvid: where the CamVid files go)')
-    ap.add_argument('--dry', action='store_true', help='tiny sizes on the CPU: every part runs, nothing is measured')
+    ap.add_argument('out',
+                    help='folder for gpu_check.json and .md (with --pack-camvid: where the CamVid files go)')
+    ap.add_argument('--dry', action='store_true',
+                    help='tiny sizes on the CPU: every part runs, nothing is measured')
     ap.add_argument('--camvid', help='CamVid 240x180 folder [MKD_CAMVID]')
-    ap.add_argument('--total-s', type=float, help='time box of the whole check, seconds [450 on the GPU, 240 dry]')
+    ap.add_argument('--total-s', type=float,
+                    help='time box of the whole check, seconds [450 on the GPU, 240 dry]')
     ap.add_argument('--only', help=f"comma-separated parts: {', '.join(PARTS)}")
-    ap.add_argument('--pack-camvid', metavar='SRC', help='copy a few CamVid images from SRC into OUT instead of checking')
+    ap.add_argument('--pack-camvid', metavar='SRC',
+                    help='copy a few CamVid images from SRC into OUT instead of checking')
     a = ap.parse_args(argv)
     try:
         if a.pack_camvid:

@@ -63,8 +63,10 @@ class _SemiData(Dataset):
     def __init__(self, labeled_ds, unlabeled_ds, weak: WeakView, strong: StrongView, photo=None,
                  partner_views: bool = False):
         self.ds = {'l': labeled_ds, 'u': unlabeled_ds}
-        self.weak, self.strong, self.photo = weak, strong, photo   # photo: optional distortion of labeled images and weak views
-        self.partner_views = partner_views   # a second, independent set of views of each unlabeled image (UniMatch code)
+        # photo: optional distortion of labeled images and weak views
+        self.weak, self.strong, self.photo = weak, strong, photo
+        # a second, independent set of views of each unlabeled image (UniMatch code)
+        self.partner_views = partner_views
     def __len__(self): return len(self.ds['l'])
 
     def _unlabeled_views(self, img, mask, seed: int) -> dict:
@@ -73,7 +75,8 @@ class _SemiData(Dataset):
             weak, gt, valid = self.weak(img, mask)
             strong1, strong2 = self.strong(weak), self.strong(weak)   # from the undistorted crop (MKD code)
             if self.photo: weak = self.photo(weak) * valid
-        return {'weak': normalize(weak), 'strong1': normalize(strong1 * valid), 'strong2': normalize(strong2 * valid),
+        return {'weak': normalize(weak), 'strong1': normalize(strong1 * valid),
+                'strong2': normalize(strong2 * valid),
                 'valid': valid, 'gt': gt}                             # padding stays black in every view
 
     def __getitem__(self, key):
@@ -83,8 +86,8 @@ class _SemiData(Dataset):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(sample_seed)
                 weak, target, valid = self.weak(img, mask)
-                return name, {'img': normalize(self.photo(weak) * valid if self.photo else weak), 'mask': target,
-                              'index': idx}
+                return name, {'img': normalize(self.photo(weak) * valid if self.photo else weak),
+                              'mask': target, 'index': idx}
         views = self._unlabeled_views(img, mask, sample_seed)
         if self.partner_views:   # its own seed, so the first views are the same with or without partners
             partner = self._unlabeled_views(img, mask, seed_of(sample_seed, 'partner'))
@@ -96,29 +99,35 @@ def _collate(items):
     for name in ('l', 'u'):
         its = [d for n, d in items if n == name]
         if not its: out[name] = None; continue
-        out[name] = {k: torch.stack([d[k] for d in its]) if torch.is_tensor(its[0][k]) else torch.tensor([d[k] for d in its])
-                     for k in its[0]}
+        out[name] = {k: torch.stack([d[k] for d in its]) if torch.is_tensor(its[0][k])
+                     else torch.tensor([d[k] for d in its]) for k in its[0]}
     return out['l'], out['u']
 
 # %% ../nbs/03_loader.ipynb #85c25004
 class SemiLoader:
-    "Infinite iterator of `(lab, unl)` batches over a labeled and an optional unlabeled dataset; exactly resumable."
-    def __init__(self, labeled_ds, unlabeled_ds, cfg: DataConfig, seed: int = 0, rank: int = 0, world: int = 1):
-        if not (world >= 1 and 0 <= rank < world): raise ValueError(f"SemiLoader: need 0 <= rank < world, got rank={rank}, world={world}")
+    """Infinite iterator of `(lab, unl)` batches over a labeled and an optional unlabeled dataset; exactly
+    resumable."""
+    def __init__(self, labeled_ds, unlabeled_ds, cfg: DataConfig, seed: int = 0, rank: int = 0,
+                 world: int = 1):
+        if not (world >= 1 and 0 <= rank < world):
+            raise ValueError(f"SemiLoader: need 0 <= rank < world, got rank={rank}, world={world}")
         self.cfg, self.seed, self.rank, self.world = cfg, seed, rank, world
         self.batch_size = cfg.batch_size
-        self.unlabeled_batch_size = (cfg.unlabeled_batch_size or cfg.batch_size) if unlabeled_ds is not None else 0
+        self.unlabeled_batch_size = ((cfg.unlabeled_batch_size or cfg.batch_size)
+                                     if unlabeled_ds is not None else 0)
         streams, sizes = [_Stream(len(labeled_ds), seed, 'l')], [self.batch_size]
         if unlabeled_ds is not None:
             streams.append(_Stream(len(unlabeled_ds), seed, 'u')); sizes.append(self.unlabeled_batch_size)
         self.sampler = _StepSampler(streams, sizes, rank, world)
-        self.data = _SemiData(labeled_ds, unlabeled_ds, WeakView(cfg.crop, (cfg.scale_min, cfg.scale_max)), StrongView(cfg.strong_aug),
+        self.data = _SemiData(labeled_ds, unlabeled_ds, WeakView(cfg.crop, (cfg.scale_min, cfg.scale_max)),
+                              StrongView(cfg.strong_aug),
                               PhotoDistortion() if cfg.weak_photometric else None, cfg.partner_views)
         w = cfg.workers
         self.dl = DataLoader(self.data, batch_sampler=self.sampler, num_workers=w, collate_fn=_collate,
                              pin_memory=torch.cuda.is_available(), persistent_workers=w > 0,
                              prefetch_factor=2 if w > 0 else None,
-                             generator=torch.Generator().manual_seed(seed_of(seed, 'workers')))  # never draws from the global RNG
+                             # never draws from the global RNG
+                             generator=torch.Generator().manual_seed(seed_of(seed, 'workers')))
         self.step, self._it = 0, None
 
     def __iter__(self): return self
@@ -136,7 +145,8 @@ class SemiLoader:
         "Continue at step `d['step']`: the next batch is the one an uninterrupted loader gives at that step."
         step = int(d['step'])
         if step < 0: raise ValueError(f"SemiLoader.load_state_dict: step must be >= 0, got {step}")
-        self.step, self._it = step, None  # the DataLoader iterator restarts from the new step on the next call
+        # the DataLoader iterator restarts from the new step on the next call
+        self.step, self._it = step, None
 
     def keys(self, step: int) -> list:
         "The (stream, index, seed, epoch, position) keys of this rank at `step` (for inspection and tests)."
@@ -150,7 +160,8 @@ class SemiLoader:
         self.dl._iterator = None
 
     def __repr__(self):
-        return (f"SemiLoader(step={self.step}, B={self.batch_size}, Bu={self.unlabeled_batch_size}, crop={self.cfg.crop}, "
+        return (f"SemiLoader(step={self.step}, B={self.batch_size}, Bu={self.unlabeled_batch_size}, "
+                f"crop={self.cfg.crop}, "
                 f"workers={self.cfg.workers}, rank={self.rank}/{self.world})")
 
 # %% ../nbs/03_loader.ipynb #c6f4e944
@@ -162,29 +173,35 @@ class _ValData(Dataset):
         return {'img': normalize(img), 'mask': mask, 'index': i}
 
 def val_loader(ds, batch_size: int = 1, workers: int = 0) -> DataLoader:
-    "DataLoader over `ds` in order: `{'img': normalised float [B,3,H,W], 'mask': int64 [B,H,W], 'index'}` at full size."
+    """DataLoader over `ds` in order: `{'img': normalised float [B,3,H,W], 'mask': int64 [B,H,W], 'index'}` at
+    full size."""
     return DataLoader(_ValData(ds), batch_size=batch_size, shuffle=False, num_workers=workers,
                       pin_memory=torch.cuda.is_available(), persistent_workers=False)
 
 # %% ../nbs/03_loader.ipynb #08b63c28
 from pathlib import Path
 from .core import Config, ConfigError, method_class
-from .data import (get_dataset, SyntheticScenes, make_split, read_split, split_checksum, check_dataset, drop_bad,
-                         DataError, with_unlabeled, unlabeled_ids, folder_has_split, hold_out)
+from .data import (get_dataset, SyntheticScenes, make_split, read_split, split_checksum, check_dataset,
+                         drop_bad, DataError, with_unlabeled, unlabeled_ids, folder_has_split, hold_out)
 
 def _val_held_out(d: DataConfig, train, say) -> tuple:
-    "(val, train, val_ids) for a folder without a val split: images with masks held out with the split seed (or read back)."
+    """(val, train, val_ids) for a folder without a val split: images with masks held out with the split seed
+    (or read back)."""
     pool = [k for k in train.ids if k not in set(unlabeled_ids(train))]
     back = Path(d.split_dir) / 'val.txt' if d.split_dir else None
     if back is not None and back.is_file(): val_ids = read_split(back, train)
     else:
-        if len(pool) < 2: raise DataError(d.root, f"only {len(pool)} image(s) with a mask: too few to hold some out for validation "
+        if len(pool) < 2:
+            raise DataError(d.root,
+                            f"only {len(pool)} image(s) with a mask: too few to hold some out for validation "
                                                   "(add masks, or a val/images + val/masks folder)")
         val_ids = hold_out(pool, seed=d.split_seed)[0]
-        say(f"no {d.val_split!r} split in {d.root}: holding out {len(val_ids)} of the {len(pool)} images with masks for "
+        say(f"no {d.val_split!r} split in {d.root}: holding out {len(val_ids)} of the {len(pool)} images "
+            "with masks for "
             f"validation (split seed {d.split_seed}); the run writes them to splits/val.txt")
     held = set(val_ids)
-    return train.subset(val_ids), train.with_pairs([p for k, p in zip(train.ids, train.pairs) if k not in held]), val_ids
+    return train.subset(val_ids), train.with_pairs([p for k, p in zip(train.ids, train.pairs)
+                                                    if k not in held]), val_ids
 
 def build_data(cfg: Config, log=None) -> dict:
     "Datasets (train, labeled, unlabeled, val), the split and its checksum for `cfg`."
@@ -193,14 +210,17 @@ def build_data(cfg: Config, log=None) -> dict:
     val_ids = []
     if d.dataset == 'synthetic':
         for k in ('unlabeled_dir', 'void'):
-            if getattr(d, k) is not None: raise ConfigError(f'data.{k}', "is for datasets read from files, not the synthetic scenes")
+            if getattr(d, k) is not None:
+                raise ConfigError(f'data.{k}', "is for datasets read from files, not the synthetic scenes")
         train = SyntheticScenes(d.synthetic_train, size=d.synthetic_size, seed=0, split='train')
         val = SyntheticScenes(d.synthetic_val, size=d.synthetic_size, seed=0, split='val')
     else:
         if d.void is not None and d.dataset != 'folder':
-            raise ConfigError('data.void', f"{d.dataset} has its own void value; --void is for folder datasets")
+            raise ConfigError('data.void',
+                              f"{d.dataset} has its own void value; --void is for folder datasets")
         kw = {'void': d.void} if d.dataset == 'folder' else {}
-        aug = {'aug': True} if d.dataset == 'voc' and d.train_split == 'train_aug' else {}   # the 10 582-image set has SegmentationClassAug masks
+        # the 10 582-image set has SegmentationClassAug masks
+        aug = {'aug': True} if d.dataset == 'voc' and d.train_split == 'train_aug' else {}
         train = get_dataset(d.dataset, d.root, d.train_split, num_classes=d.num_classes, **aug, **kw)
         if d.unlabeled_dir: train = with_unlabeled(train, d.unlabeled_dir)
         hold = d.dataset == 'folder' and not folder_has_split(d.root, d.val_split)
@@ -210,7 +230,9 @@ def build_data(cfg: Config, log=None) -> dict:
             rep = check_dataset(ds, ds.num_classes)
             if not rep.ok:
                 if not d.skip_bad:
-                    raise DataError(getattr(ds, 'root', d.root), f"the {name} split has problems (pass --skip-bad to train without those files):\n{rep}")
+                    raise DataError(getattr(ds, 'root', d.root),
+                                    f"the {name} split has problems (pass --skip-bad to train without those "
+                                    f"files):\n{rep}")
                 say(f"skipping {len(rep.bad_ids)} bad {name} files: {', '.join(map(str, rep.bad_ids))}")
                 ds = drop_bad(ds, rep)
                 if name == 'train': train = ds
@@ -218,28 +240,40 @@ def build_data(cfg: Config, log=None) -> dict:
         if hold: val, train, val_ids = _val_held_out(d, train, say)
     C = train.num_classes
     if d.num_classes is not None and d.num_classes != C:
-        raise ConfigError('data.num_classes', f"the config says {d.num_classes} classes but the {d.dataset} data has {C}")
+        raise ConfigError('data.num_classes',
+                          f"the config says {d.num_classes} classes but the {d.dataset} data has {C}")
     no_mask = unlabeled_ids(train)      # always unlabeled; the labeled images are drawn among the others
     if d.split_dir:
         lab_ids = read_split(Path(d.split_dir) / 'labeled.txt', train)
         unl_path = Path(d.split_dir) / 'unlabeled.txt'
-        unl_ids = read_split(unl_path, train) if unl_path.exists() else [i for i in train.ids if i not in set(lab_ids)]
+        unl_ids = (read_split(unl_path, train) if unl_path.exists()
+                   else [i for i in train.ids if i not in set(lab_ids)])
         bare = set(lab_ids) & set(no_mask)
-        if bare: raise DataError(Path(d.split_dir) / 'labeled.txt', f"{len(bare)} labeled images have no mask, e.g. {sorted(bare)[0]}")
+        if bare:
+            raise DataError(Path(d.split_dir) / 'labeled.txt',
+                            f"{len(bare)} labeled images have no mask, e.g. {sorted(bare)[0]}")
     else:
         pool = [k for k in train.ids if k not in set(no_mask)]
-        if not pool: raise DataError(d.root, "no image has a mask: nothing to learn from (masks/ pairs with images/ by file stem)")
+        if not pool:
+            raise DataError(d.root,
+                            "no image has a mask: nothing to learn from (masks/ pairs with images/ by file "
+                            "stem)")
         lab_ids, unl_ids = make_split(pool, d.labeled, d.split_seed)
         unl_ids += no_mask
     if not lab_ids: raise DataError(d.split_dir or d.root, "the labeled split is empty")
     overlap = set(lab_ids) & set(unl_ids)
-    if overlap: raise DataError(d.split_dir, f"{len(overlap)} images are both labeled and unlabeled, e.g. {sorted(overlap)[0]}")
+    if overlap:
+        raise DataError(d.split_dir,
+                        f"{len(overlap)} images are both labeled and unlabeled, e.g. {sorted(overlap)[0]}")
     if method_class(cfg.method.name).needs_unlabeled and not unl_ids:
-        raise ConfigError('data.labeled', f"method {cfg.method.name} needs unlabeled images but the split leaves none "
-                                          f"({len(lab_ids)} of {len(train)} labeled): label fewer (--labeled 1/8), add images "
+        raise ConfigError('data.labeled',
+                          f"method {cfg.method.name} needs unlabeled images but the split leaves none "
+                                          f"({len(lab_ids)} of {len(train)} labeled): label fewer (--labeled "
+                                          "1/8), add images "
                                           "without masks, or use --method sup")
     labeled, unlabeled = train.subset(lab_ids), (train.subset(unl_ids) if unl_ids else None)
     return dict(train=train, labeled=labeled, unlabeled=unlabeled, val=val, num_classes=C,
-                class_names=list(train.info.classes), lab_ids=lab_ids, unl_ids=unl_ids, val_ids=val_ids, n_no_mask=len(no_mask),
-                checksum=split_checksum(train, lab_ids + unl_ids) if not val_ids else
-                         split_checksum(train.with_pairs(train.pairs + val.pairs), lab_ids + unl_ids + val_ids))
+                class_names=list(train.info.classes), lab_ids=lab_ids, unl_ids=unl_ids, val_ids=val_ids,
+                n_no_mask=len(no_mask), checksum=split_checksum(train, lab_ids + unl_ids) if not val_ids else
+                         split_checksum(train.with_pairs(train.pairs + val.pairs),
+                                        lab_ids + unl_ids + val_ids))

@@ -19,7 +19,8 @@ __all__ = ['ce_loss', 'pseudo_labels', 'pseudo_ce', 'structured_consistency', 'm
 # %% ../nbs/07_losses.ipynb #0b41d290
 def _check_target(fn, logits, target):
     if logits.dim() != 4 or target.shape != (logits.shape[0], *logits.shape[2:]):
-        raise ValueError(f"{fn}: target must be [B,H,W] matching logits {tuple(logits.shape)} (B,C,H,W), got {tuple(target.shape)}")
+        raise ValueError(f"{fn}: target must be [B,H,W] matching logits {tuple(logits.shape)} (B,C,H,W), got "
+                         f"{tuple(target.shape)}")
 
 def ce_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     "Pixel cross-entropy averaged over non-ignored pixels; 0 (with a graph) when all are ignored."
@@ -31,37 +32,44 @@ def ce_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNO
 # %% ../nbs/07_losses.ipynb #f483fea8
 @torch.no_grad()
 def pseudo_labels(teacher_logits: torch.Tensor, thresh: float = 0.0, valid: Optional[torch.Tensor] = None):
-    "(labels int64 [B,H,W] with 255 where conf < thresh or ~valid, conf float [B,H,W]) from teacher logits [B,C,H,W]."
-    if teacher_logits.dim() != 4: raise ValueError(f"pseudo_labels: logits must be [B,C,H,W], got {tuple(teacher_logits.shape)}")
+    """(labels int64 [B,H,W] with 255 where conf < thresh or ~valid, conf float [B,H,W]) from teacher logits
+    [B,C,H,W]."""
+    if teacher_logits.dim() != 4:
+        raise ValueError(f"pseudo_labels: logits must be [B,C,H,W], got {tuple(teacher_logits.shape)}")
     conf, labels = teacher_logits.detach().float().softmax(1).max(1)
     labels = labels.masked_fill(conf < thresh, IGNORE_INDEX)
     if valid is not None:
-        if valid.shape != labels.shape: raise ValueError(f"pseudo_labels: valid must be {tuple(labels.shape)}, got {tuple(valid.shape)}")
+        if valid.shape != labels.shape:
+            raise ValueError(f"pseudo_labels: valid must be {tuple(labels.shape)}, got {tuple(valid.shape)}")
         labels = labels.masked_fill(~valid.bool(), IGNORE_INDEX)
     return labels, conf
 
 # %% ../nbs/07_losses.ipynb #45c3744a
-def pseudo_ce(student_logits: torch.Tensor, labels: torch.Tensor, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+def pseudo_ce(student_logits: torch.Tensor, labels: torch.Tensor,
+              valid: Optional[torch.Tensor] = None) -> torch.Tensor:
     "CE summed over pixels with label != 255, divided by the number of valid pixels (UniMatch normalisation)."
     _check_target('pseudo_ce', student_logits, labels)
     per = F.cross_entropy(student_logits.float(), labels, ignore_index=IGNORE_INDEX, reduction='none')
     if valid is None: n = labels.numel()
     else:
-        if valid.shape != labels.shape: raise ValueError(f"pseudo_ce: valid must be {tuple(labels.shape)}, got {tuple(valid.shape)}")
+        if valid.shape != labels.shape:
+            raise ValueError(f"pseudo_ce: valid must be {tuple(labels.shape)}, got {tuple(valid.shape)}")
         per = per * valid
         n = valid.sum().clamp_min(1)
     return per.sum() / n
 
 # %% ../nbs/07_losses.ipynb #b8a80fd5
 class _PairSimSq(torch.autograd.Function):
-    "Per group g: sum_ij (s_i.s_j - t_i.t_j)^2 / N^2 for s [G,N,Ks], t [G,N,Kt], computed in row blocks (memory G*block*N)."
+    """Per group g: sum_ij (s_i.s_j - t_i.t_j)^2 / N^2 for s [G,N,Ks], t [G,N,Kt], computed in row blocks
+    (memory G*block*N)."""
     @staticmethod
     def forward(ctx, s, t, block):
         G, N, _ = s.shape
         out = torch.zeros(G, dtype=torch.float64, device=s.device)
         sT, tT = s.transpose(1, 2), t.transpose(1, 2)
         for i in range(0, N, block):
-            d = torch.bmm(s[:, i:i + block], sT).baddbmm_(t[:, i:i + block], tT, alpha=-1)   # [G,b,N] rows of D, in place
+            # [G,b,N] rows of D, in place
+            d = torch.bmm(s[:, i:i + block], sT).baddbmm_(t[:, i:i + block], tT, alpha=-1)
             out += d.square_().sum((1, 2)).double()
             del d
         ctx.save_for_backward(s, t); ctx.block = block
@@ -75,7 +83,8 @@ class _PairSimSq(torch.autograd.Function):
         sT, tT = s.transpose(1, 2), t.transpose(1, 2)
         for i in range(0, N, ctx.block):
             d = torch.bmm(s[:, i:i + ctx.block], sT).baddbmm_(t[:, i:i + ctx.block], tT, alpha=-1)
-            gs[:, i:i + ctx.block] = torch.bmm(d, s)                                                 # rows of D·S
+            # rows of D·S
+            gs[:, i:i + ctx.block] = torch.bmm(d, s)
             del d
         gs.mul_((4.0 / (N * N)) * grad_out.to(s.dtype)[:, None, None])
         return gs, None, None
@@ -96,10 +105,13 @@ def _scl_groups(S, T, block, algo='gram'):
 def structured_consistency(s: torch.Tensor, t: torch.Tensor, region: str = 'grid', grid: Optional[int] = 32,
                            boxes: Optional[torch.Tensor] = None, samples: int = 1024, block: int = 1024,
                            generator: Optional[torch.Generator] = None, algo: str = 'gram') -> torch.Tensor:
-    "SCL: mean over images of 1/N^2 sum_ij (cos(s_i,s_j) - cos(t_i,t_j))^2 over region R; exact, linear memory ('gram' or 'blockwise')."
-    if algo not in ('gram', 'blockwise'): raise ValueError(f"structured_consistency: algo must be 'gram' or 'blockwise', got {algo!r}")
+    """SCL: mean over images of 1/N^2 sum_ij (cos(s_i,s_j) - cos(t_i,t_j))^2 over region R; exact, linear
+    memory ('gram' or 'blockwise')."""
+    if algo not in ('gram', 'blockwise'):
+        raise ValueError(f"structured_consistency: algo must be 'gram' or 'blockwise', got {algo!r}")
     if s.dim() != 4 or t.dim() != 4 or s.shape[0] != t.shape[0] or s.shape[2:] != t.shape[2:]:
-        raise ValueError(f"structured_consistency: s and t must be [B,K,H,W] with equal B,H,W, got {tuple(s.shape)} and {tuple(t.shape)}")
+        raise ValueError("structured_consistency: s and t must be [B,K,H,W] with equal B,H,W, got "
+                         f"{tuple(s.shape)} and {tuple(t.shape)}")
     if region not in ('grid', 'boxes', 'sample'):
         raise ValueError(f"structured_consistency: region must be 'grid', 'boxes' or 'sample', got {region!r}")
     dt = torch.float64 if s.dtype == torch.float64 else torch.float32
@@ -115,14 +127,18 @@ def structured_consistency(s: torch.Tensor, t: torch.Tensor, region: str = 'grid
             N = H * W; n = min(int(samples), N)
             if n < 2: raise ValueError(f"structured_consistency: need samples >= 2, got {samples}")
             dev = generator.device if generator is not None else 'cpu'
-            idx = torch.stack([torch.randperm(N, generator=generator, device=dev)[:n] for _ in range(B)]).to(s.device)   # [B,n]
+            # [B,n]
+            idx = torch.stack([torch.randperm(N, generator=generator, device=dev)[:n]
+                               for _ in range(B)]).to(s.device)
             S = s.flatten(2).gather(2, idx[:, None].expand(-1, s.shape[1], -1)).transpose(1, 2)
             T = t.flatten(2).gather(2, idx[:, None].expand(-1, t.shape[1], -1)).transpose(1, 2)
             return _scl_groups(S, T, block, algo).mean()
         # boxes
-        if boxes is None: raise ValueError("structured_consistency: region='boxes' needs the CutMix mask `boxes` [B,h,w]")
+        if boxes is None:
+            raise ValueError("structured_consistency: region='boxes' needs the CutMix mask `boxes` [B,h,w]")
         if boxes.dim() != 3 or boxes.shape[0] != B:
-            raise ValueError(f"structured_consistency: boxes must be bool [B={B},h,w], got {tuple(boxes.shape)}")
+            raise ValueError(f"structured_consistency: boxes must be bool [B={B},h,w], got "
+                             f"{tuple(boxes.shape)}")
         if boxes.shape[1:] != (H, W):
             boxes = F.interpolate(boxes[:, None].float(), size=(H, W), mode='nearest')[:, 0]
         boxes = boxes.bool().to(s.device)
@@ -137,14 +153,16 @@ def structured_consistency(s: torch.Tensor, t: torch.Tensor, region: str = 'grid
         return torch.stack(losses).mean()
 
 # %% ../nbs/07_losses.ipynb #9ba330ce
-def mgd_pixel_loss(s_logits: torch.Tensor, teacher_logits_list, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+def mgd_pixel_loss(s_logits: torch.Tensor, teacher_logits_list,
+                   valid: Optional[torch.Tensor] = None) -> torch.Tensor:
     "Sum over teachers of CE(student, argmax teacher), ignoring pixels where `valid` is False."
     if torch.is_tensor(teacher_logits_list): teacher_logits_list = [teacher_logits_list]
     if len(teacher_logits_list) == 0: raise ValueError("mgd_pixel_loss: need at least one teacher's logits")
     loss = 0.0
     for k, tl in enumerate(teacher_logits_list):
         if tl.shape != s_logits.shape:
-            raise ValueError(f"mgd_pixel_loss: teacher {k} logits {tuple(tl.shape)} differ from the student's {tuple(s_logits.shape)}")
+            raise ValueError(f"mgd_pixel_loss: teacher {k} logits {tuple(tl.shape)} differ from the "
+                             f"student's {tuple(s_logits.shape)}")
         lab = tl.detach().argmax(1)
         if valid is not None: lab = lab.masked_fill(~valid.bool(), IGNORE_INDEX)
         loss = loss + ce_loss(s_logits, lab)
@@ -152,10 +170,13 @@ def mgd_pixel_loss(s_logits: torch.Tensor, teacher_logits_list, valid: Optional[
 
 # %% ../nbs/07_losses.ipynb #59097ed6
 def mgd_image_loss(s_logits: torch.Tensor, t_logits: torch.Tensor, norm: str = 'mean') -> torch.Tensor:
-    "L1 between global-average-pooled student and teacher logits; 'sum' over batch and classes (official code) or 'mean' (/ B·C)."
-    if norm not in ('mean', 'sum'): raise ValueError(f"mgd_image_loss: norm must be 'mean' or 'sum', got {norm!r}")
+    """L1 between global-average-pooled student and teacher logits; 'sum' over batch and classes (official
+    code) or 'mean' (/ B·C)."""
+    if norm not in ('mean', 'sum'):
+        raise ValueError(f"mgd_image_loss: norm must be 'mean' or 'sum', got {norm!r}")
     if s_logits.shape[:2] != t_logits.shape[:2]:
-        raise ValueError(f"mgd_image_loss: student {tuple(s_logits.shape)} and teacher {tuple(t_logits.shape)} need the same B and C")
+        raise ValueError(f"mgd_image_loss: student {tuple(s_logits.shape)} and teacher "
+                         f"{tuple(t_logits.shape)} need the same B and C")
     d = (s_logits.float().mean((2, 3)) - t_logits.detach().float().mean((2, 3))).abs()
     return d.sum() if norm == 'sum' else d.mean()
 
@@ -163,7 +184,8 @@ def mgd_image_loss(s_logits: torch.Tensor, t_logits: torch.Tensor, norm: str = '
 def mgd_region_loss(s_feats: torch.Tensor, t_feats: torch.Tensor, grid: int = 7) -> torch.Tensor:
     "MSE between the cosine self-similarities of grid×grid average-pooled student and teacher features."
     if s_feats.dim() != 4 or t_feats.dim() != 4 or s_feats.shape[0] != t_feats.shape[0]:
-        raise ValueError(f"mgd_region_loss: feats must be [B,K,H,W] with equal B, got {tuple(s_feats.shape)} and {tuple(t_feats.shape)}")
+        raise ValueError(f"mgd_region_loss: feats must be [B,K,H,W] with equal B, got {tuple(s_feats.shape)} "
+                         f"and {tuple(t_feats.shape)}")
     def sim(f):
         v = F.normalize(F.adaptive_avg_pool2d(f.float(), grid).flatten(2), dim=1)   # [B,K,g*g], unit columns
         return v.transpose(1, 2) @ v                                                 # [B,g*g,g*g]

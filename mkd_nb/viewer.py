@@ -32,7 +32,8 @@ __all__ = ['SPLITS', 'PANELS', 'Roles', 'EvalNets', 'method_roles', 'Source', 'o
 # %% ../nbs/11_viewer.ipynb #352600dd
 @dataclass
 class Roles:
-    "Networks of a method by display name, who teaches whom, the two branches (or None), the networks that label the weak view."
+    """Networks of a method by display name, who teaches whom, the two branches (or None), the networks that
+    label the weak view."""
     nets: dict
     teaches: dict
     branches: Optional[tuple]
@@ -49,7 +50,8 @@ class EvalNets(nn.Module):
     def students(self): return list(self.nets)
     def teachers(self): return []
 
-def _named(prefix, nets): return {prefix: nets[0]} if len(nets) == 1 else {f"{prefix} {i + 1}": n for i, n in enumerate(nets)}
+def _named(prefix, nets):
+    return {prefix: nets[0]} if len(nets) == 1 else {f"{prefix} {i + 1}": n for i, n in enumerate(nets)}
 
 def method_roles(method) -> Roles:
     "The `Roles` of a method object (any `Method`, or `EvalNets`)."
@@ -57,17 +59,20 @@ def method_roles(method) -> Roles:
     if isinstance(method, EvalNets):
         nets = _named('network', S)
         names = list(nets)
-        return Roles(nets, {n: n for n in names}, tuple(names[:2]) if len(names) == 2 else None, set(names), names[0])
+        return Roles(nets, {n: n for n in names}, tuple(names[:2]) if len(names) == 2 else None, set(names),
+                     names[0])
     if not T and len(S) == 1:
         return Roles({'network': S[0]}, {'network': 'network'}, None, {'network'}, 'network')
     t, s = _named('teacher', T), _named('student', S)
     tn, sn = list(t), list(s)
-    mutual = getattr(method, 'name', '') == 'mkd' and bool(getattr(getattr(method, 'hp', None), 'mutual', False))
+    mutual = (getattr(method, 'name', '') == 'mkd'
+              and bool(getattr(getattr(method, 'hp', None), 'mutual', False)))
     teaches = {}
     for k, n in enumerate(tn):
         teaches[n] = sn[1 - k] if (mutual and len(sn) == 2 and k < 2) else sn[min(k, len(sn) - 1)]
     for k, n in enumerate(sn): teaches[n] = sn[1 - k] if len(sn) == 2 else n
-    branches = (tn[0], tn[1]) if len(tn) >= 2 else (sn[0], sn[1]) if len(sn) >= 2 else (tn[0], sn[0]) if tn else None
+    branches = ((tn[0], tn[1]) if len(tn) >= 2 else (sn[0], sn[1]) if len(sn) >= 2
+                else (tn[0], sn[0]) if tn else None)
     return Roles({**t, **s}, teaches, branches, set(tn), (tn or sn)[0])
 
 # %% ../nbs/11_viewer.ipynb #412cd535
@@ -75,7 +80,8 @@ SPLITS = ('labeled', 'unlabeled', 'val')
 
 class Source:
     "A method (networks + roles), its config, the datasets of a run by split, class names and palette."
-    def __init__(self, method, cfg: Optional[Config] = None, data: Optional[dict] = None, class_names=None, note: str = ''):
+    def __init__(self, method, cfg: Optional[Config] = None, data: Optional[dict] = None, class_names=None,
+                 note: str = ''):
         self.method, self.cfg, self._data, self.note = method, cfg, dict(data) if data else {}, note
         self.roles = method_roles(method)
         self.num_classes = int(getattr(method, 'num_classes', None) or self._first_ds().num_classes)
@@ -104,7 +110,9 @@ class Source:
         if ds is not None: return ds
         if split not in SPLITS: raise ValueError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
         if ds is None: ds = self.data.get(split)
-        if ds is None: raise ValueError(f"this run has no {split} images (splits with images: {', '.join(self.splits()) or 'none'})")
+        if ds is None:
+            raise ValueError(f"this run has no {split} images (splits with images: "
+                             f"{', '.join(self.splits()) or 'none'})")
         return ds
 
     @property
@@ -112,7 +120,8 @@ class Source:
         if self._class_names is None:
             info = getattr(self._first_ds(), 'info', None)
             names = list(info.classes) if info is not None else []
-            self._class_names = names if len(names) == self.num_classes else [str(i) for i in range(self.num_classes)]
+            self._class_names = (names if len(names) == self.num_classes
+                                 else [str(i) for i in range(self.num_classes)])
         return self._class_names
 
     @property
@@ -127,7 +136,8 @@ class Source:
         return p.device if p is not None else torch.device('cpu')
 
 def _method_from_checkpoint(ck: dict, path='<dict>'):
-    "(method, cfg, note): the rebuilt method, or the checkpoint's evaluation networks when it cannot be rebuilt."
+    """(method, cfg, note): the rebuilt method, or the checkpoint's evaluation networks when it cannot be
+    rebuilt."""
     for k in ('config', 'num_classes'):
         if k not in ck: raise ValueError(f"checkpoint {path}: has no {k!r} entry")
     cfg = Config.from_dict(ck['config'])
@@ -139,8 +149,10 @@ def _method_from_checkpoint(ck: dict, path='<dict>'):
             m = build_method(cfg, C)
             m.load_state_dict(ck['method'])
             return m.eval(), cfg, ''
-        except Exception as e: why = f"the {cfg.method.name} method could not be rebuilt ({type(e).__name__}: {str(e)[:160]})"
-    return EvalNets(eval_model_from_checkpoint(ck), C).eval(), cfg, f"showing the evaluation network(s) only: {why}"
+        except Exception as e:
+            why = f"the {cfg.method.name} method could not be rebuilt ({type(e).__name__}: {str(e)[:160]})"
+    return (EvalNets(eval_model_from_checkpoint(ck), C).eval(), cfg,
+            f"showing the evaluation network(s) only: {why}")
 
 def open_source(source, which: str = 'last', data: Optional[dict] = None) -> Source:
     "A `Source` from a run folder, checkpoint path or dict, `Trainer`, method object or `Source`."
@@ -159,18 +171,22 @@ def open_source(source, which: str = 'last', data: Optional[dict] = None) -> Sou
         m, cfg, note = _method_from_checkpoint(source)
         return Source(m, cfg, data, source.get('class_names'), note)
     if hasattr(source, 'method') and hasattr(source, 'data') and hasattr(source, 'cfg'):   # a Trainer
-        return Source(source.method, source.cfg, {**source.data, **(data or {})}, source.data.get('class_names'))
+        return Source(source.method, source.cfg, {**source.data, **(data or {})},
+                      source.data.get('class_names'))
     if isinstance(source, (Method, EvalNets)):
         return Source(source, getattr(source, 'cfg', None), data)
-    raise TypeError(f"cannot view a {type(source).__name__}: pass a run folder, a checkpoint path or dict, a Trainer or a method")
+    raise TypeError(f"cannot view a {type(source).__name__}: pass a run folder, a checkpoint path or dict, a "
+                    "Trainer or a method")
 
 # %% ../nbs/11_viewer.ipynb #06480cd2
 def _resize(x: torch.Tensor, size, mode: str) -> torch.Tensor:
-    "Resize an image [3,H,W] (uint8 or float) / probabilities [C,H,W] (bilinear) or a label map [H,W] (nearest) to `size`."
+    """Resize an image [3,H,W] (uint8 or float) / probabilities [C,H,W] (bilinear) or a label map [H,W]
+    (nearest) to `size`."""
     if tuple(x.shape[-2:]) == tuple(size): return x
     if x.dim() == 2:
         return F.interpolate(x[None, None].float(), size=tuple(size), mode='nearest')[0, 0].to(x.dtype)
-    y = F.interpolate(x[None].float(), size=tuple(size), mode=mode, align_corners=False if mode == 'bilinear' else None)[0]
+    y = F.interpolate(x[None].float(), size=tuple(size), mode=mode,
+                      align_corners=False if mode == 'bilinear' else None)[0]
     return y.round().clamp(0, 255).to(torch.uint8) if x.dtype == torch.uint8 else y.to(x.dtype)
 
 class _LRU(OrderedDict):
@@ -183,8 +199,10 @@ class _LRU(OrderedDict):
         return v
 
 class Inspector:
-    "Samples, cached network predictions, pseudo-labels and statistics of a `Source` (the viewer without widgets)."
-    def __init__(self, source, which: str = 'last', data: Optional[dict] = None, max_side: int = 512, cache_size: int = 48):
+    """Samples, cached network predictions, pseudo-labels and statistics of a `Source` (the viewer without
+    widgets)."""
+    def __init__(self, source, which: str = 'last', data: Optional[dict] = None, max_side: int = 512,
+                 cache_size: int = 48):
         self.src = open_source(source, which, data)
         self.roles, self.max_side = self.src.roles, max_side
         self._probs, self._samples = _LRU(cache_size), _LRU(2 * cache_size)
@@ -212,7 +230,8 @@ class Inspector:
         return img, mask.long()
 
     def sample(self, split: str, i: int, view: str = 'weak') -> dict:
-        "`{'img': uint8 [3,H,W], 'gt': int64 [H,W] or None, 'partner': j, 'mix': bool [H,W]}` of sample `i` in `view` ('weak' or 'mixed')."
+        """`{'img': uint8 [3,H,W], 'gt': int64 [H,W] or None, 'partner': j, 'mix': bool [H,W]}` of sample `i`
+        in `view` ('weak' or 'mixed')."""
         if view not in ('weak', 'mixed'): raise ValueError(f"unknown view {view!r}; valid: weak, mixed")
         n = len(self.src.dataset(split))
         if not 0 <= i < n: raise IndexError(f"sample {i} is out of range: the {split} split has {n} images")
@@ -238,7 +257,8 @@ class Inspector:
 
     @torch.no_grad()
     def _run(self, net: str, img: torch.Tensor) -> torch.Tensor:
-        "Softmax [C,H,W] (float32, CPU) of network `net` on a uint8 image, with the method in eval mode (restored afterwards)."
+        """Softmax [C,H,W] (float32, CPU) of network `net` on a uint8 image, with the method in eval mode
+        (restored afterwards)."""
         m = self.src.method
         was = m.training
         m.eval()
@@ -246,21 +266,25 @@ class Inspector:
             x = normalize(img.to(self.src.device)[None])
             out = self.roles.nets[net](x)
             if isinstance(out, (tuple, list)): out = out[0]
-            if out.shape[-2:] != x.shape[-2:]: out = F.interpolate(out, size=x.shape[-2:], mode='bilinear', align_corners=False)
+            if out.shape[-2:] != x.shape[-2:]:
+                out = F.interpolate(out, size=x.shape[-2:], mode='bilinear', align_corners=False)
         finally: m.train(was)
         self.misses += 1
         return out.float().softmax(1)[0].cpu()
 
     def probs(self, split: str, i: int, view: str, net: str, as_teacher: bool = True) -> dict:
-        "Cached `{'prob': [C,H,W], 'conf': [H,W], 'label': [H,W]}` of `net` for sample `i` (see the view rules above)."
-        if net not in self.roles.nets: raise ValueError(f"unknown network {net!r}; valid: {', '.join(self.roles.nets)}")
+        """Cached `{'prob': [C,H,W], 'conf': [H,W], 'label': [H,W]}` of `net` for sample `i` (see the view
+        rules above)."""
+        if net not in self.roles.nets:
+            raise ValueError(f"unknown network {net!r}; valid: {', '.join(self.roles.nets)}")
         weak_side = view == 'weak' or (as_teacher and net in self.roles.weak_input)
         key = (split, i, view if not weak_side or view == 'weak' else 'mixed-weak', net)
         hit = self._probs.get(key)
         if hit is not None: return hit
         s = self.sample(split, i, view)
         if view == 'weak': p = self._run(net, s['img'])
-        elif weak_side:   # what training does: the teacher labels both weak images, the labels are mixed like the images
+        # what training does: the teacher labels both weak images, the labels are mixed like the images
+        elif weak_side:
             p_i = self.probs(split, i, 'weak', net)['prob']
             p_j = _resize(self.probs(split, s['partner'], 'weak', net)['prob'], p_i.shape[-2:], 'bilinear')
             p = torch.where(s['mix'], p_j, p_i)
@@ -269,7 +293,8 @@ class Inspector:
         return self._probs.put(key, {'prob': p, 'conf': conf, 'label': label})
 
     def pseudo(self, split: str, i: int, view: str, net: str, tau: float = 0.0):
-        "(pseudo-labels [H,W] with 255 where conf < tau, conf [H,W]) of `net`, as `mkd_nb.losses.pseudo_labels` makes them."
+        """(pseudo-labels [H,W] with 255 where conf < tau, conf [H,W]) of `net`, as
+        `mkd_nb.losses.pseudo_labels` makes them."""
         p = self.probs(split, i, view, net)
         return p['label'].masked_fill(p['conf'] < tau, IGNORE_INDEX), p['conf']
 
@@ -277,7 +302,8 @@ class Inspector:
 def _pct(v): return None if v is None or v != v else 100.0 * float(v)
 
 def branch_agreement(a: torch.Tensor, b: torch.Tensor, num_classes: int) -> dict:
-    "Overall agreement (%) of two label maps and, per class present in either, the IoU (%) of their masks of that class."
+    """Overall agreement (%) of two label maps and, per class present in either, the IoU (%) of their masks of
+    that class."""
     per = {}
     for c in range(num_classes):
         ia, ib = a == c, b == c
@@ -286,17 +312,19 @@ def branch_agreement(a: torch.Tensor, b: torch.Tensor, num_classes: int) -> dict
     return {'agree': 100.0 * int((a == b).sum()) / max(a.numel(), 1), 'per_class': per}
 
 def _label_stats(pl, gt, num_classes, cls=None):
-    "Accuracy and mIoU (%) of pseudo-labels `pl` (255 = dropped) against `gt` on the kept pixels that have ground truth."
+    """Accuracy and mIoU (%) of pseudo-labels `pl` (255 = dropped) against `gt` on the kept pixels that have
+    ground truth."""
     sel = (pl != IGNORE_INDEX) & (gt != IGNORE_INDEX)
     if cls is not None: sel &= (pl == cls) | (gt == cls)
     if not sel.any(): return {'acc': None, 'miou': None, 'n': 0}
     cm = ConfusionMatrix(num_classes).update(pl[sel], gt[sel])
     iou = cm.iou()
-    return {'acc': _pct(cm.pixel_acc()), 'miou': _pct(cm.miou() if cls is None else iou[cls]), 'n': int(sel.sum())}
+    return {'acc': _pct(cm.pixel_acc()), 'miou': _pct(cm.miou() if cls is None else iou[cls]),
+            'n': int(sel.sum())}
 
 @patch
-def stats(self: Inspector, split: str, i: int, view: str = 'weak', net: Optional[str] = None, tau: float = 0.0,
-          cls: Optional[int] = None) -> dict:
+def stats(self: Inspector, split: str, i: int, view: str = 'weak', net: Optional[str] = None,
+          tau: float = 0.0, cls: Optional[int] = None) -> dict:
     "Statistics of network `net`'s pseudo-labels at `tau` on sample `i` (optionally for class `cls` only)."
     net = net or self.roles.default
     pl, conf = self.pseudo(split, i, view, net, tau)
@@ -305,7 +333,8 @@ def stats(self: Inspector, split: str, i: int, view: str = 'weak', net: Optional
     pred = self.probs(split, i, view, net)['label']
     sel = torch.ones_like(pl, dtype=torch.bool) if cls is None else pred == cls
     out = {'network': net, 'tau': float(tau), 'cls': cls, 'pixels': int(sel.sum()),
-           'kept': _pct((pl != IGNORE_INDEX)[sel].float().mean()) if sel.any() else None, 'has_gt': gt is not None}
+           'kept': _pct((pl != IGNORE_INDEX)[sel].float().mean()) if sel.any() else None,
+           'has_gt': gt is not None}
     student = self.roles.teaches[net]
     out['student'] = student
     if gt is not None:
@@ -323,8 +352,10 @@ def _viridis(x: torch.Tensor) -> np.ndarray:
     from matplotlib import colormaps
     return (colormaps['viridis'](x.numpy())[..., :3] * 255).astype(np.uint8)
 
-def overlay(img: np.ndarray, labels: torch.Tensor, palette, alpha: float = 0.6, cls: Optional[int] = None) -> np.ndarray:
-    "uint8 [H,W,3]: label colours blended over `img` with opacity `alpha` where a label is set (255 = image only); with `cls`, only that class."
+def overlay(img: np.ndarray, labels: torch.Tensor, palette, alpha: float = 0.6,
+            cls: Optional[int] = None) -> np.ndarray:
+    """uint8 [H,W,3]: label colours blended over `img` with opacity `alpha` where a label is set (255 = image
+    only); with `cls`, only that class."""
     lab = labels.numpy()
     show = lab != IGNORE_INDEX
     if cls is not None: show &= lab == cls
@@ -335,8 +366,8 @@ def overlay(img: np.ndarray, labels: torch.Tensor, palette, alpha: float = 0.6, 
 
 PANELS = ('image', 'ground truth', 'pseudo-label', 'student', 'confidence', 'kept', 'disagreement')
 
-def compose_panels(ins: Inspector, split: str, i: int, view: str = 'weak', net: Optional[str] = None, tau: float = 0.0,
-                   alpha: float = 0.6, cls: Optional[int] = None) -> dict:
+def compose_panels(ins: Inspector, split: str, i: int, view: str = 'weak', net: Optional[str] = None,
+                   tau: float = 0.0, alpha: float = 0.6, cls: Optional[int] = None) -> dict:
     "`{panel: (title, uint8 [H,W,3])}` for the `PANELS` of sample `i`."
     net = net or ins.roles.default
     pal, names = ins.src.palette, ins.src.class_names
@@ -358,7 +389,8 @@ def compose_panels(ins: Inspector, split: str, i: int, view: str = 'weak', net: 
         dis_title = f"disagree: {ins.roles.branches[0]} / {ins.roles.branches[1]} ({100 * d.mean():.1f} %)"
     else: dis, dis_title = gray, 'disagreement: one network only'
     flt = f" [{names[cls]}]" if cls is not None else ''
-    return {'image': (f"{split} #{i} ({vname} view)" + (f" + #{s['partner']}" if s['partner'] is not None else ''), img),
+    return {'image': (f"{split} #{i} ({vname} view)"
+                      + (f" + #{s['partner']}" if s['partner'] is not None else ''), img),
             'ground truth': ('ground truth' if gt is not None else 'no ground truth', gt_img),
             'pseudo-label': (f"pseudo-label: {net}, τ={tau:.2f}{flt}", overlay(img, pl, pal, alpha, cls)),
             'student': (f"student: {student}{flt}", overlay(img, sp, pal, alpha, cls)),
@@ -367,7 +399,8 @@ def compose_panels(ins: Inspector, split: str, i: int, view: str = 'weak', net: 
             'disagreement': (dis_title, dis.astype(np.uint8))}
 
 class FigureRenderer:
-    "Draws `compose_panels` output into a reused matplotlib `Figure` (object API, Agg canvas) and returns PNG bytes."
+    """Draws `compose_panels` output into a reused matplotlib `Figure` (object API, Agg canvas) and returns
+    PNG bytes."""
     def __init__(self, class_names, palette, panel_size: float = 2.3, dpi: int = 80):
         self.names, self.pal, self.size, self.dpi = list(class_names), list(palette), panel_size, dpi
         self.fig = self.shape = None
@@ -392,13 +425,17 @@ class FigureRenderer:
             self.axes[name] = ax
             ax.set_axis_off()
         cax = axs[1, 0].inset_axes([0.05, -0.09, 0.9, 0.05])
-        fig.colorbar(ScalarMappable(Normalize(0, 1), 'viridis'), cax=cax, orientation='horizontal').ax.tick_params(labelsize=6)
+        fig.colorbar(ScalarMappable(Normalize(0, 1), 'viridis'), cax=cax,
+                     orientation='horizontal').ax.tick_params(labelsize=6)
         leg = axs[1, 3]; leg.set_axis_off()
-        handles = [Patch(facecolor=np.array(c) / 255, edgecolor='0.5', label=n) for n, c in zip(self.names, self.pal)]
+        handles = [Patch(facecolor=np.array(c) / 255, edgecolor='0.5', label=n)
+                   for n, c in zip(self.names, self.pal)]
         handles.append(Patch(facecolor='white', edgecolor='0.5', label='dropped (< τ) / void'))
-        leg.legend(handles=handles, loc='center', fontsize=7, frameon=False, ncol=1 if len(handles) <= 12 else 2, title='classes')
+        leg.legend(handles=handles, loc='center', fontsize=7, frameon=False,
+                   ncol=1 if len(handles) <= 12 else 2, title='classes')
         fig.subplots_adjust(left=0.01, right=0.99, top=1 - 0.3 / fh, bottom=0.5 / fh, wspace=0.05, hspace=0.3)
-        for name, ax in self.axes.items():      # blitting: the panels and their titles are drawn over a cached background
+        # blitting: the panels and their titles are drawn over a cached background
+        for name, ax in self.axes.items():
             ax.set_title(' ', fontsize=7); ax.title.set_animated(True); self.ims[name].set_animated(True)
         self.canvas.draw()
         self.background = self.canvas.copy_from_bbox(fig.bbox)
@@ -415,7 +452,8 @@ class FigureRenderer:
             self.ims[name].set_data(arr); ax.title.set_text(title)
             ax.draw_artist(self.ims[name]); ax.draw_artist(ax.title)
         buf = io.BytesIO()
-        Image.fromarray(np.asarray(self.canvas.buffer_rgba())[..., :3]).save(buf, format='png', compress_level=1)
+        Image.fromarray(np.asarray(self.canvas.buffer_rgba())[..., :3]).save(buf, format='png',
+                                                                             compress_level=1)
         return buf.getvalue()
 
 # %% ../nbs/11_viewer.ipynb #d91a3e33
@@ -425,25 +463,31 @@ def stats_html(st: dict, class_names, palette, ms: Optional[float] = None, cache
     "The statistics of `Inspector.stats` as a small HTML block."
     e = html.escape
     flt = f" of the pixels it labels <b>{e(class_names[st['cls']])}</b>" if st['cls'] is not None else ''
-    rows = [f"<b>{e(st['network'])}</b> · kept at τ = {st['tau']:.2f}: <b>{_fmt(st['kept'])}</b>{flt} ({st['pixels']} pixels)"]
+    rows = [f"<b>{e(st['network'])}</b> · kept at τ = {st['tau']:.2f}: <b>{_fmt(st['kept'])}</b>{flt} "
+            f"({st['pixels']} pixels)"]
     if st['has_gt']:
-        rows.append(f"pseudo-label accuracy {_fmt(st.get('pl_acc'))}, mIoU {_fmt(st.get('pl_miou'))} on {st.get('pl_n', 0)} kept pixels with ground truth"
+        rows.append(f"pseudo-label accuracy {_fmt(st.get('pl_acc'))}, mIoU {_fmt(st.get('pl_miou'))} on "
+                    f"{st.get('pl_n', 0)} kept pixels with ground truth"
                     f" · student ({e(st['student'])}) accuracy {_fmt(st.get('student_acc'))}")
     else: rows.append("no ground truth for this image: accuracy and mIoU are not defined")
     if st.get('branches'):
         a, b = st['branches']
-        cells = ''.join(f"<td style='padding:0 6px'><span style='display:inline-block;width:9px;height:9px;background:rgb{tuple(palette[c])}'></span> "
+        cells = ''.join("<td style='padding:0 6px'><span "
+                        f"style='display:inline-block;width:9px;height:9px;background:rgb{tuple(palette[c])}'></span> "
                         f"{e(class_names[c])} {v:.0f} %</td>" for c, v in sorted(st['per_class'].items()))
-        rows.append(f"branches {e(a)} / {e(b)} agree on {_fmt(st['agree'])} of the pixels; per-class agreement (IoU of the two masks):"
+        rows.append(f"branches {e(a)} / {e(b)} agree on {_fmt(st['agree'])} of the pixels; per-class "
+                    "agreement (IoU of the two masks):"
                     f"<table style='font-size:90%'><tr>{cells}</tr></table>")
-    if ms is not None: rows.append(f"<span style='color:#888'>redraw {ms:.0f} ms{' (cached)' if cached else ''}</span>")
+    if ms is not None:
+        rows.append(f"<span style='color:#888'>redraw {ms:.0f} ms{' (cached)' if cached else ''}</span>")
     return "<div class='mkd-stats-text' style='font-family:sans-serif;font-size:12px;line-height:1.5'>" + '<br>'.join(rows) + '</div>'
 
 class PseudoLabelViewer:
     "Interactive pseudo-label viewer for a run folder, checkpoint, `Trainer` or method (see the table above)."
-    def __init__(self, source, split: str = 'val', index: int = 0, network: Optional[str] = None, tau: Optional[float] = None,
-                 view: str = 'weak', alpha: float = 0.6, which: str = 'last', data: Optional[dict] = None, max_side: int = 512,
-                 panel_size: float = 2.3, dpi: int = 80):
+    def __init__(self, source, split: str = 'val', index: int = 0, network: Optional[str] = None,
+                 tau: Optional[float] = None,
+                 view: str = 'weak', alpha: float = 0.6, which: str = 'last', data: Optional[dict] = None,
+                 max_side: int = 512, panel_size: float = 2.3, dpi: int = 80):
         import ipywidgets as W
         self.ins = source if isinstance(source, Inspector) else Inspector(source, which, data, max_side)
         src = self.ins.src
@@ -453,26 +497,37 @@ class PseudoLabelViewer:
         self.renderer = FigureRenderer(src.class_names, src.palette, panel_size, dpi)
         self.timings, self._hold = [], True
         lay = W.Layout(width='auto')
-        self.split = W.ToggleButtons(options=splits, value=split, description='split', style={'button_width': '92px'})
-        self.view = W.ToggleButtons(options=[('weak', 'weak'), ('strong mixed', 'mixed')], value=view, description='view',
-                                    style={'button_width': '120px'})
-        self.network = W.Dropdown(options=self.ins.networks, value=network or self.ins.roles.default, description='network')
-        self.index = W.IntSlider(value=index, min=0, max=len(src.dataset(split)) - 1, description='sample', continuous_update=False)
-        self.prev, self.next = W.Button(description='◀ prev', layout=W.Layout(width='80px')), W.Button(description='next ▶', layout=W.Layout(width='80px'))
-        self.tau = W.FloatSlider(value=tau, min=0.0, max=1.0, step=0.01, description='τ', readout_format='.2f')
-        self.alpha = W.FloatSlider(value=alpha, min=0.0, max=1.0, step=0.05, description='opacity', readout_format='.2f')
-        self.cls = W.Dropdown(options=[('all classes', -1)] + [(n, k) for k, n in enumerate(src.class_names)], value=-1, description='classes')
-        self.refresh = W.Button(description='refresh', tooltip='forget cached predictions', layout=W.Layout(width='80px'))
+        self.split = W.ToggleButtons(options=splits, value=split, description='split',
+                                     style={'button_width': '92px'})
+        self.view = W.ToggleButtons(options=[('weak', 'weak'), ('strong mixed', 'mixed')], value=view,
+                                    description='view', style={'button_width': '120px'})
+        self.network = W.Dropdown(options=self.ins.networks, value=network or self.ins.roles.default,
+                                  description='network')
+        self.index = W.IntSlider(value=index, min=0, max=len(src.dataset(split)) - 1, description='sample',
+                                 continuous_update=False)
+        self.prev, self.next = (W.Button(description='◀ prev', layout=W.Layout(width='80px')),
+                                W.Button(description='next ▶', layout=W.Layout(width='80px')))
+        self.tau = W.FloatSlider(value=tau, min=0.0, max=1.0, step=0.01, description='τ',
+                                 readout_format='.2f')
+        self.alpha = W.FloatSlider(value=alpha, min=0.0, max=1.0, step=0.05, description='opacity',
+                                   readout_format='.2f')
+        self.cls = W.Dropdown(options=[('all classes', -1)] + [(n, k) for k, n in enumerate(src.class_names)],
+                              value=-1, description='classes')
+        self.refresh = W.Button(description='refresh', tooltip='forget cached predictions',
+                                layout=W.Layout(width='80px'))
         self.image = W.Image(format='png')
         self.stats = W.HTML()
         self.note = W.HTML(f"<i>{html.escape(src.note)}</i>" if src.note else '')
-        for w, c in ((self.tau, 'mkd-tau'), (self.stats, 'mkd-stats'), (self.index, 'mkd-index'), (self.network, 'mkd-network'),
-                     (self.image, 'mkd-image')): w.add_class(c)
-        self.widget = W.VBox([W.HBox([self.split, self.view]), W.HBox([self.prev, self.index, self.next, self.network, self.refresh]),
-                              W.HBox([self.tau, self.alpha, self.cls]), self.image, self.stats, self.note], layout=lay)
+        for w, c in ((self.tau, 'mkd-tau'), (self.stats, 'mkd-stats'), (self.index, 'mkd-index'),
+                     (self.network, 'mkd-network'), (self.image, 'mkd-image')): w.add_class(c)
+        self.widget = W.VBox([W.HBox([self.split, self.view]),
+                              W.HBox([self.prev, self.index, self.next, self.network, self.refresh]),
+                              W.HBox([self.tau, self.alpha, self.cls]), self.image, self.stats, self.note],
+                             layout=lay)
         self.widget.add_class('mkd-viewer')
         self.split.observe(self._on_split, 'value')
-        for w in (self.index, self.view, self.network, self.tau, self.alpha, self.cls): w.observe(lambda ch: self.redraw(), 'value')
+        for w in (self.index, self.view, self.network, self.tau, self.alpha, self.cls):
+            w.observe(lambda ch: self.redraw(), 'value')
         self.prev.on_click(lambda b: self.step(-1)); self.next.on_click(lambda b: self.step(1))
         self.refresh.on_click(lambda b: (self.ins.clear(), self.redraw()))
         self._hold = False
@@ -500,7 +555,8 @@ class PseudoLabelViewer:
         if self._hold: return
         t0, m0 = time.perf_counter(), self.ins.misses
         s = self.state
-        panels = compose_panels(self.ins, s['split'], s['i'], s['view'], s['net'], s['tau'], self.alpha.value, s['cls'])
+        panels = compose_panels(self.ins, s['split'], s['i'], s['view'], s['net'], s['tau'], self.alpha.value,
+                                s['cls'])
         self.image.value = self.renderer.render(panels)
         st = self.ins.stats(s['split'], s['i'], s['view'], s['net'], s['tau'], s['cls'])
         ms, cached = 1000 * (time.perf_counter() - t0), self.ins.misses == m0
@@ -511,18 +567,22 @@ class PseudoLabelViewer:
     def _repr_mimebundle_(self, **kw): return self.widget._repr_mimebundle_(**kw)
 
 # %% ../nbs/11_viewer.ipynb #7930ab49
-def save_gallery(source, path, n: int = 8, split: str = 'val', network: Optional[str] = None, tau: Optional[float] = None,
-                 view: str = 'weak', indices=None, ds=None, alpha: float = 1.0, which: str = 'last', panel_size: float = 1.8,
-                 dpi: int = 120, max_side: int = 512) -> Path:
-    "Write a PNG grid of `n` samples of `split` (image / ground truth / pseudo-labels / confidence) to `path`; returns the path."
+def save_gallery(source, path, n: int = 8, split: str = 'val', network: Optional[str] = None,
+                 tau: Optional[float] = None,
+                 view: str = 'weak', indices=None, ds=None, alpha: float = 1.0, which: str = 'last',
+                 panel_size: float = 1.8, dpi: int = 120, max_side: int = 512) -> Path:
+    """Write a PNG grid of `n` samples of `split` (image / ground truth / pseudo-labels / confidence) to
+    `path`; returns the path."""
     from matplotlib.figure import Figure
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.patches import Patch
-    ins = source if isinstance(source, Inspector) else Inspector(source, which, {split: ds} if ds is not None else None, max_side)
+    ins = (source if isinstance(source, Inspector)
+           else Inspector(source, which, {split: ds} if ds is not None else None, max_side))
     src = ins.src
     if tau is None: tau = getattr(src.cfg.method, 'conf_thresh', 0.0) if src.cfg is not None else 0.0
     N = len(src.dataset(split))
-    idx = list(indices) if indices is not None else sorted({round(k * (N - 1) / max(n - 1, 1)) for k in range(min(n, N))})
+    idx = list(indices) if indices is not None else sorted({round(k * (N - 1) / max(n - 1, 1))
+                                                            for k in range(min(n, N))})
     nets = [network] if network else list(ins.roles.branches or [ins.roles.default])
     cols = ['image', 'ground truth'] + [f"pseudo-label: {x}" for x in nets] + [f"confidence: {nets[0]}"]
     H, W = ins.sample(split, idx[0], view)['img'].shape[-2:]
@@ -543,7 +603,8 @@ def save_gallery(source, path, n: int = 8, split: str = 'val', network: Optional
     handles = [Patch(facecolor=np.array(col) / 255, label=name) for name, col in zip(src.class_names, pal)]
     handles.append(Patch(facecolor='white', edgecolor='0.5', label=f'dropped (conf < {tau:.2f})'))
     fig.legend(handles=handles, loc='lower center', ncol=min(len(handles), 8), fontsize=7, frameon=False)
-    fig.subplots_adjust(left=0.03, right=0.99, top=1 - 0.3 / fig.get_figheight(), bottom=0.6 / fig.get_figheight(), wspace=0.04, hspace=0.06)
+    fig.subplots_adjust(left=0.03, right=0.99, top=1 - 0.3 / fig.get_figheight(),
+                        bottom=0.6 / fig.get_figheight(), wspace=0.04, hspace=0.06)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
@@ -552,7 +613,8 @@ def save_gallery(source, path, n: int = 8, split: str = 'val', network: Optional
 # %% ../nbs/11_viewer.ipynb #691d7490
 def demo_viewer(method: str = 'mkd', size: int = 48, n: int = 6, seed: int = 0, **kw) -> PseudoLabelViewer:
     "A viewer on an untrained `method` over `n` synthetic scenes of `size` pixels (for demos and tests)."
-    cfg = make_config(method, encoder='mobilenet_v2', decoder_channels=16, synthetic_train=n, synthetic_val=max(2, n // 2),
+    cfg = make_config(method, encoder='mobilenet_v2', decoder_channels=16, synthetic_train=n,
+                      synthetic_val=max(2, n // 2),
                       synthetic_size=size, crop=32, labeled='1/2', seed=seed, workers=0)
     m = build_method(cfg, 6).eval()
     return PseudoLabelViewer(m, data=build_data(cfg), **kw)
