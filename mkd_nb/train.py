@@ -709,12 +709,23 @@ _OWN_FLAGS = {   # mkd-train's flags that are not config fields
 }
 
 def _field_comments(cls) -> dict:
-    "Each field's end-of-line comment in the source of `cls` or of the nearest base class that comments it."
+    """Each field's end-of-line comment in the source of `cls` or of the nearest base class that comments it, with
+    the comment lines indented under it that continue it."""
     out = {}
+    field_line = re.compile(r'^(\s+)(\w+)\s*:[^=\n]*=[^#\n]*#\s*(.+)$')
     for klass in reversed(cls.__mro__):
         try: src = inspect.getsource(klass)
         except (OSError, TypeError): continue            # no source (a class made at run time)
-        for m in re.finditer(r'^\s+(\w+)\s*:[^=\n]*=[^#\n]*#\s*(.+)$', src, re.M): out[m[1]] = m[2].strip()
+        lines = src.splitlines()
+        for n, line in enumerate(lines):
+            found = field_line.match(line)
+            if not found: continue
+            indent, name, words = len(found[1]), found[2], [found[3].strip()]
+            for more in lines[n + 1:]:
+                stripped = more.lstrip()
+                if not stripped.startswith('#') or len(more) - len(stripped) <= indent + 4: break
+                words.append(stripped.lstrip('#').strip())
+            out[name] = ' '.join(words)
     return out
 
 def train_flags() -> dict:
