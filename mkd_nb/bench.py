@@ -86,9 +86,9 @@ def _step_fn(cfg: Config, num_classes: int = 11) -> dict:
     def bare():
         for (net, n, grad, fp), x in zip(passes, xs):
             with ctx(), torch.set_grad_enabled(grad):
-                y = net(x, fp_dropout=fp) if fp else net(x)
-            if grad:
-                loss = sum(t.float().mean() for t in y) if isinstance(y, tuple) else y.float().mean()
+                out = net(x, fp_dropout=fp) if fp else net(x)
+            if grad:   # every map the pass computed (logits, and fp_logits when asked) reaches the backward
+                loss = sum(part.float().mean() for part in out if part is not None)
                 scaler.scale(loss).backward()
         scaler.step(opt); scaler.update(); opt.zero_grad(set_to_none=True)
     return dict(full=full, bare=bare, method=method, passes=passes, device=device, nl=nl, nu=nu, crop=c,

@@ -16,7 +16,7 @@ from fastprogress.fastprogress import progress_bar
 
 from .core import *
 from .augment import normalize, WeakView
-from .models import SegNet, eval_model_from_checkpoint, load_checkpoint
+from .models import SegNet, SegOutput, eval_model_from_checkpoint, load_checkpoint
 
 # %% auto #0
 __all__ = ['ConfusionMatrix', 'window_starts', 'predict', 'evaluate', 'recalibrate_bn', 'format_results']
@@ -96,7 +96,7 @@ def window_starts(size: int, window: int, stride: int) -> list:
 
 def _net_logits(net, x):
     out = net(x)
-    if isinstance(out, (tuple, list)): out = out[0]
+    if isinstance(out, SegOutput): out = out.logits
     if out.shape[-2:] != x.shape[-2:]: out = F.interpolate(out, size=x.shape[-2:], mode='bilinear', align_corners=False)
     return out
 

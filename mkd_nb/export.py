@@ -28,7 +28,7 @@ class Deployable(nn.Module):
         self.register_buffer('mean', torch.tensor(MEAN, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer('std', torch.tensor(STD, dtype=torch.float32).view(1, 3, 1, 1))
         self.num_classes = getattr(net, 'num_classes', None)
-    def forward(self, x: torch.Tensor) -> torch.Tensor: return self.net((x - self.mean) / self.std)
+    def forward(self, x: torch.Tensor) -> torch.Tensor: return self.net((x - self.mean) / self.std).logits
 
 def deployable(ckpt) -> Deployable:
     "The evaluated network of checkpoint `ckpt` (path or dict), with its normalisation, on the CPU in eval mode."

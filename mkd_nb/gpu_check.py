@@ -392,7 +392,8 @@ def check_channels_last(part: Part, ctx: Context, net: dict, steps: int, rounds:
                decoder_channels=net.get('decoder_channels', 256)).to(ctx.device).eval()
     b.load_state_dict(a.state_dict()); b.to(memory_format=torch.channels_last)
     x = torch.randn(net['batch_size'], 3, net['crop'], net['crop'], device=ctx.device)
-    with torch.no_grad(), exact_fp32(): ya, yb = a(x), b(x.contiguous(memory_format=torch.channels_last))
+    with torch.no_grad(), exact_fp32():
+        ya, yb = a(x).logits, b(x.contiguous(memory_format=torch.channels_last)).logits
     rel = float((ya - yb).abs().max() / ya.abs().max())
     part.check('same output in both formats (fp32)', rel <= 1e-4, max_rel_diff=rel, tolerance=1e-4)
     rows = _settings(ctx, net, steps, rounds, channels_last=(False, True))

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from .core import *
 from .augment import cutmix_masks, classmix_masks, mix_perm, mix
-from .models import build_model, SegNet
+from .models import build_model, SegNet, SegOutput
 from .ema import ema_momentum, make_teacher, ema_update, set_teacher_mode
 from .feature_aug import ClassStats, isda_logits, cosine_ramp, labels_at
 from .losses import ce_loss, pseudo_labels, pseudo_ce, structured_consistency
@@ -176,7 +176,7 @@ class Supervised(Method):
     def students(self): return [self.net]
     def passes(self, nl, nu): return [(self.net, nl, True, 0.0)]
     def step(self, lab, unl=None):
-        loss = ce_loss(self.net(lab['img']), lab['mask'])
+        loss = ce_loss(self.net(lab['img']).logits, lab['mask'])
         return StepOutput(loss, {'sup': loss.detach()})
 
 # %% ../nbs/08_methods.ipynb #1f20842c
@@ -220,11 +220,11 @@ class MeanTeacher(Method):
 
     def step(self, lab, unl):
         hp, stride, n_lab = self.hp, self.loss_stride, len(lab['img'])
-        with torch.no_grad(): teacher_weak = self.teacher(unl['weak'], out_stride=stride)
+        with torch.no_grad(): teacher_weak = self.teacher(unl['weak'], out_stride=stride).logits
         mask, perm = draw_mix(unl, mix_variant(hp), teacher_weak.argmax(1))
         mixed, = mix(mask, perm, unl['strong1'])
         teacher_mixed, mixed_valid, mixed_gt = mix(mask, perm, teacher_weak, unl['valid'], unl['gt'])
-        student = self.student(torch.cat([lab['img'], mixed]), out_stride=stride)
+        student = self.student(torch.cat([lab['img'], mixed]), out_stride=stride).logits
         student_lab, student_mixed = student[:n_lab], student[n_lab:]
         # losses: labels, then the teacher's confident argmax on the mixed view
         valid = labels_at(mixed_valid.long(), teacher_mixed.shape[-2:]).bool()
@@ -274,10 +274,10 @@ class CPS(Method):
         mixed, mixed_valid, mixed_gt = mix(mask, perm, unl['strong1'], unl['valid'], unl['gt'])
         if hp.cps_targets == 'unmixed':   # each student labels the unmixed weak view, mixed like the images
             with torch.no_grad():
-                weak1, weak2 = (net(unl['weak'], out_stride=stride) for net in (self.s1, self.s2))
+                weak1, weak2 = (net(unl['weak'], out_stride=stride).logits for net in (self.s1, self.s2))
             target1, target2 = mix(mask, perm, weak1, weak2)
         images = torch.cat([lab['img'], mixed])
-        logits1, logits2 = self.s1(images, out_stride=stride), self.s2(images, out_stride=stride)
+        logits1, logits2 = (net(images, out_stride=stride).logits for net in (self.s1, self.s2))
         if hp.cps_targets == 'mixed': target1, target2 = logits1[n_lab:].detach(), logits2[n_lab:].detach()
         # losses: labels, then each student learns the other's argmax
         labels = labels_at(lab['mask'], logits1.shape[-2:])
@@ -335,7 +335,7 @@ class UniMatch(Method):
                                      f"{', '.join(missing)} (data.partner_views=true), or set mix_partner='batch'")
         was_training = self.net.training
         self.net.eval()
-        try: return self.net(unl['weak_partner'], out_stride=self.loss_stride)
+        try: return self.net(unl['weak_partner'], out_stride=self.loss_stride).logits
         finally: self.net.train(was_training)
 
     def cutmix(self, box, unl, view, weak_pseudo, weak_valid, partner_logits):
@@ -356,15 +356,17 @@ class UniMatch(Method):
         hp, stride, n_lab = self.hp, self.loss_stride, len(lab['img'])
         partner_logits = self.partner_logits(unl) if hp.mix_partner == 'second_view' else None
         images = torch.cat([lab['img'], unl['weak']])
-        logits, fp_logits = self.net(images, out_stride=stride, fp_dropout=hp.fp_dropout)
-        lab_logits, weak_logits, fp_weak_logits = logits[:n_lab], logits[n_lab:].detach(), fp_logits[n_lab:]
+        out = self.net(images, out_stride=stride, fp_dropout=hp.fp_dropout)   # clean and feature-perturbed
+        lab_logits, weak_logits = out.logits[:n_lab], out.logits[n_lab:].detach()
+        fp_weak_logits = out.fp_logits[n_lab:]
         boxes = [draw_mix(unl, mix_variant(hp), weak_logits.argmax(1)) for _ in range(2)]
         weak_valid = labels_at(unl['valid'].long(), weak_logits.shape[-2:]).bool()
         weak_pseudo, _ = pseudo_labels(weak_logits, hp.conf_thresh, weak_valid)
         targets = (weak_pseudo, weak_valid, partner_logits)
         (mixed1, pseudo1, valid1, gt1), (mixed2, pseudo2, valid2, _) = (
             self.cutmix(box, unl, view, *targets) for box, view in zip(boxes, ('strong1', 'strong2')))
-        strong1_logits, strong2_logits = self.net(torch.cat([mixed1, mixed2]), out_stride=stride).chunk(2)
+        strong_logits = self.net(torch.cat([mixed1, mixed2]), out_stride=stride).logits
+        strong1_logits, strong2_logits = strong_logits.chunk(2)
         # losses: labels, the two mixed strong views, the feature-perturbed weak view
         strong = pseudo_ce(strong1_logits, pseudo1, valid1) + pseudo_ce(strong2_logits, pseudo2, valid2)
         terms = {'sup': ce_loss(lab_logits, labels_at(lab['mask'], lab_logits.shape[-2:])),
@@ -380,13 +382,13 @@ def resize_to(t: torch.Tensor, size, stride: int) -> torch.Tensor:
     if tuple(t.shape[-2:]) == target: return t
     return F.interpolate(t, size=target, mode='bilinear', align_corners=False)
 
-def decoder_maps(net: SegNet, x: torch.Tensor) -> tuple:
-    "(raw logits, features) of `net` on `x` at the decoder's own resolution (1/4 for DeepLabV3+), padding cropped away."
+def decoder_maps(net: SegNet, x: torch.Tensor) -> SegOutput:
+    "`SegOutput(logits, features)` of `net` on `x` at the decoder's resolution (1/4 for DeepLabV3+), padding cropped."
     xp = net._pad(x)
     z = net.decode(net.encode(xp))
     h = math.ceil(x.shape[-2] * z.shape[-2] / xp.shape[-2]); w = math.ceil(x.shape[-1] * z.shape[-1] / xp.shape[-1])
     z = z[..., :h, :w]
-    return net.classify(z), z
+    return SegOutput(net.classify(z), z)
 
 @dataclass
 class MKDHP(SCLHP, EMAHP, ThresholdHP, MixHP):
@@ -473,7 +475,7 @@ class MKD(Method):
     def teacher_targets(self, k, net, maps, m, perm, y_lab, nl, size):
         "Teacher k's (augmented, raw) logits at the loss resolution; the unlabeled part mixed like the student's input."
         o, s = self.hp, self.loss_stride
-        L, Z = maps
+        L, Z = maps.logits, maps.features
         if o.teacher_stats_on == 'mixed':      # code: mix the decoder's maps first, then downsample, then statistics
             Lu, Zu = mix(m, perm, L[nl:], Z[nl:])
             L, Z = torch.cat([L[:nl], Lu]), torch.cat([Z[:nl], Zu])
@@ -486,10 +488,10 @@ class MKD(Method):
 
     def student_logits(self, k, net, maps, lab_labels, n_lab, size):
         "Student k's logits at the loss resolution, feature-augmented with the labels and, on mixed images, its own argmax."
-        logits = resize_to(maps[0], size, self.loss_stride)
+        logits = resize_to(maps.logits, size, self.loss_stride)
         if not self.fa_students: return logits
         labels = torch.cat([lab_labels, logits[n_lab:].detach().argmax(1)])
-        return self.augment(k, net, logits, self.stats_feats(maps[1], size), labels, n_lab)
+        return self.augment(k, net, logits, self.stats_feats(maps.features, size), labels, n_lab)
 
     def pseudo_targets(self, augmented, raw, valid):
         "A teacher's hard targets: its augmented argmax where valid and confident (confidence per `conf_source`)."
@@ -504,7 +506,7 @@ class MKD(Method):
         with torch.no_grad():                           # teachers: weak view (official: labeled images too)
             teacher_in = unl['weak'] if lean else torch.cat([lab['img'], unl['weak']])
             teacher_maps = [decoder_maps(teacher, teacher_in) for teacher in (self.t1, self.t2)]
-        teacher1_weak = resize_to(teacher_maps[0][0][teacher_lab:], size, stride)
+        teacher1_weak = resize_to(teacher_maps[0].logits[teacher_lab:], size, stride)
         mask, perm = draw_mix(unl, mix_variant(hp), teacher1_weak.argmax(1))
         mixed, mixed_valid, mixed_gt = mix(mask, perm, unl['strong1'], unl['valid'], unl['gt'])
         loss_size = (math.ceil(size[0] / stride), math.ceil(size[1] / stride))
@@ -526,7 +528,7 @@ class MKD(Method):
         target1, target2 = (pseudo_t2, pseudo_t1) if hp.mutual else (pseudo_t1, pseudo_t2)  # S1 <- T2
         # losses
         if hp.sup_logits == 'raw':
-            sup = sum(ce_loss(resize_to(logits[:n_lab], size, 1), lab['mask']) for logits, _ in student_maps)
+            sup = sum(ce_loss(resize_to(maps.logits[:n_lab], size, 1), lab['mask']) for maps in student_maps)
         else: sup = ce_loss(aug1[:n_lab], lab_labels) + ce_loss(aug2[:n_lab], lab_labels)
         mutual_from = 0 if (not lean and hp.pseudo_on_labeled) else n_lab   # where the terms start
         cps_from = 0 if hp.pseudo_on_labeled else n_lab
@@ -543,7 +545,7 @@ class MKD(Method):
             scl = scl_term(hp, aug1[n_lab:], for1, mask) + scl_term(hp, aug2[n_lab:], for2, mask)
             terms['scl'] = hp.scl_weight * scl
         if self.keep_maps:
-            student_maps = [tuple(map(torch.Tensor.detach, maps)) for maps in student_maps]
+            student_maps = [SegOutput(maps.logits.detach(), maps.features.detach()) for maps in student_maps]
             self.last = dict(t_maps=teacher_maps, s_maps=student_maps, mask=mask, perm=perm,
                              targets=(target1, target2), teacher_logits=teacher_logits)
         return StepOutput.of_terms(terms, logs={'lam_fa': torch.tensor(self.lam)}, mixed=mixed.detach(),

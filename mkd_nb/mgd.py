@@ -140,14 +140,14 @@ class MGD(Method):
         with torch.no_grad():
             if o.use_pixel or o.cutmix == 'classmix':
                 for k, t in self._frozen.items():
-                    P[f't{k[0]}_u'], P[f't{k[0]}_l'] = t(x_u, out_stride=s), t(x_l, out_stride=s)
+                    P[f't{k[0]}_u'], P[f't{k[0]}_l'] = (t(x, out_stride=s).logits for x in (x_u, x_l))
         m, perm = draw_mix(unl, mix_variant(o), P['td_u'].argmax(1) if o.cutmix == 'classmix' else None)
         x_mix, v_mix, gt_mix = mix(m, perm, x_u, unl['valid'], unl['gt'])
         with torch.no_grad():
-            if o.use_img: P['td_on_mix'] = self.deep(x_mix, out_stride=s)
-            if o.use_region: P['tw_on_mix'], P['zw_mix'] = self.wide(x_mix, need_feats=True, out_stride=s)
+            if o.use_img: P['td_on_mix'] = self.deep(x_mix, out_stride=s).logits
+            if o.use_region: P['tw_on_mix'], P['zw_mix'], _ = self.wide(x_mix, need_feats=True, out_stride=s)
         out = self.student(torch.cat([x_l, x_mix]), need_feats=o.use_region, out_stride=s)
-        logits, z = out if o.use_region else (out, None)
+        logits, z = out.logits, out.features
         size = logits.shape[-2:]
         P.update(mask=m, perm=perm, x_mix=x_mix, s_l=logits[:nl], s_mix=logits[nl:], z_mix=None if z is None else z[nl:],
                  y_l=labels_at(lab['mask'], size), v_mix=labels_at(v_mix.long(), size).bool(), gt_mix=labels_at(gt_mix, size))

@@ -6,7 +6,7 @@
 from __future__ import annotations
 import math, os, tempfile, pickle, zipfile
 from pathlib import Path
-from typing import Optional, Union
+from typing import NamedTuple, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -16,8 +16,9 @@ from .core import *
 import mkd_nb
 
 # %% auto #0
-__all__ = ['ARCH_NAMES', 'CKPT_FORMAT', 'check_encoder_name', 'load_encoder_weights', 'SegNet', 'build_model', 'param_count',
-           'Ensemble', 'CheckpointError', 'save_checkpoint', 'load_checkpoint', 'eval_model_from_checkpoint']
+__all__ = ['ARCH_NAMES', 'CKPT_FORMAT', 'check_encoder_name', 'load_encoder_weights', 'SegOutput', 'SegNet', 'build_model',
+           'param_count', 'Ensemble', 'CheckpointError', 'save_checkpoint', 'load_checkpoint',
+           'eval_model_from_checkpoint']
 
 # %% ../nbs/04_models.ipynb #21b1e167
 ARCH_NAMES = ('deeplabv3plus', 'unet')
@@ -104,8 +105,14 @@ def load_encoder_weights(net: nn.Module, path) -> nn.Module:
     return net
 
 # %% ../nbs/04_models.ipynb #5b6074df
+class SegOutput(NamedTuple):
+    "What `SegNet.forward` returns, whatever is asked; a field that was not asked for is None."
+    logits: torch.Tensor                        # [B, C, ceil(H/out_stride), ceil(W/out_stride)]
+    features: Optional[torch.Tensor] = None     # need_feats: the decoder's map [B, D, h, w], padding cropped
+    fp_logits: Optional[torch.Tensor] = None    # fp_dropout > 0: logits of the feature-perturbed stream
+
 class SegNet(nn.Module):
-    "smp encoder + decoder with our own 1×1 `classifier`; pads to `stride`, returns logits (and features) for any input size."
+    "smp encoder + decoder with our own 1×1 `classifier`; pads to `stride`; a `SegOutput` for any input size."
     def __init__(self, arch: str = 'deeplabv3plus', encoder: str = 'resnet18', num_classes: int = 21,
                  encoder_weights=None, decoder_channels: int = 256, output_stride: int = 16, aspp_dropout: float = 0.5):
         super().__init__()
@@ -163,7 +170,7 @@ class SegNet(nn.Module):
         if tuple(y.shape[-2:]) != (th, tw): y = F.interpolate(y, size=(th, tw), mode='bilinear', align_corners=False)
         return y[..., :math.ceil(size[0] / out_stride), :math.ceil(size[1] / out_stride)]
 
-    def forward(self, x, need_feats: bool = False, out_stride: int = 1, fp_dropout: float = 0.0):
+    def forward(self, x, need_feats: bool = False, out_stride: int = 1, fp_dropout: float = 0.0) -> SegOutput:
         size = x.shape[-2:]
         xp = self._pad(x)
         feats = self.encode(xp)
@@ -172,15 +179,15 @@ class SegNet(nn.Module):
             z = self.decode([torch.cat([a, b]) for a, b in zip(feats, pert)])
         else: z = self.decode(feats)
         logits = self._to_size(self.classify(z), xp.shape[-2:], size, out_stride)
-        zc = None
+        features = fp_logits = None
         if need_feats:
-            r = xp.shape[-2] / z.shape[-2], xp.shape[-1] / z.shape[-1]
-            zc = z[..., :math.ceil(size[0] / r[0]), :math.ceil(size[1] / r[1])]
-        if fp_dropout > 0:
-            n = x.shape[0]
-            out = (logits[:n], logits[n:])
-            return out + (zc[:n],) if need_feats else out
-        return (logits, zc) if need_feats else logits
+            ratio = xp.shape[-2] / z.shape[-2], xp.shape[-1] / z.shape[-1]
+            features = z[..., :math.ceil(size[0] / ratio[0]), :math.ceil(size[1] / ratio[1])]
+        if fp_dropout > 0:   # the decoder saw [clean; perturbed]: split them
+            n_images = x.shape[0]
+            logits, fp_logits = logits[:n_images], logits[n_images:]
+            if need_feats: features = features[:n_images]
+        return SegOutput(logits, features, fp_logits)
 
 def _is_weight_file(w) -> bool:
     if w is None or isinstance(w, bool): return False
@@ -205,7 +212,7 @@ def param_count(module: nn.Module, trainable: bool = False) -> int:
 
 # %% ../nbs/04_models.ipynb #865b34c0
 class Ensemble(nn.Module):
-    "Average of the logits of `nets` (all with the same classes)."
+    "Average of the logits of `nets` (all with the same classes), as a `SegOutput` with only `logits`."
     def __init__(self, nets):
         super().__init__()
         self.nets = nn.ModuleList(nets)
@@ -215,8 +222,8 @@ class Ensemble(nn.Module):
         self.num_classes = ncs.pop()
         self.stride = max(getattr(n, 'stride', 1) for n in self.nets)
 
-    def forward(self, x, out_stride: int = 1):
-        return torch.stack([n(x, out_stride=out_stride) for n in self.nets]).mean(0)
+    def forward(self, x, out_stride: int = 1) -> SegOutput:
+        return SegOutput(torch.stack([net(x, out_stride=out_stride).logits for net in self.nets]).mean(0))
 
 # %% ../nbs/04_models.ipynb #000c005e
 CKPT_FORMAT = 'mkd_nb-ckpt-1'

@@ -264,8 +264,7 @@ class Inspector:
         m.eval()
         try:
             x = normalize(img.to(self.src.device)[None])
-            out = self.roles.nets[net](x)
-            if isinstance(out, (tuple, list)): out = out[0]
+            out = self.roles.nets[net](x).logits
             if out.shape[-2:] != x.shape[-2:]:
                 out = F.interpolate(out, size=x.shape[-2:], mode='bilinear', align_corners=False)
         finally: m.train(was)

@@ -108,7 +108,7 @@ def test_bn_recal_matches_direct_computation_and_keeps_checkpoint(run, tmp_path)
     # the re-estimated network really differs from the checkpoint's (whose statistics are the initial 0/1), so a --bn-recal
     # that was silently ignored would fail the comparison above; and the checkpoint file is untouched
     x = normalize(run['ds'][0][0][None])
-    with torch.no_grad(): assert (net(x) - run['net'](x)).abs().max() > 1e-3
+    with torch.no_grad(): assert (net(x).logits - run['net'](x).logits).abs().max() > 1e-3
     assert hashlib.sha256(run['ckpt'].read_bytes()).hexdigest() == before
     plain = mkd_eval(ckpt=str(run['ckpt']), out=str(tmp_path / 'plain.json'), quiet=True)
     assert plain['bn_recal'] == 0 and plain['bn_data'] is None
