@@ -131,6 +131,10 @@ class Method(nn.Module):
         self.cfg, self.hp, self.num_classes = cfg, cfg.method, num_classes
         self.total_iters = cfg.train.iters
         self.register_buffer('iteration', torch.zeros((), dtype=torch.long))  # schedules follow this, so resume restores them
+        self.build()
+
+    def build(self):
+        "Make the method's networks and state (`self.cfg`, `self.hp`, `self.num_classes` are set)."
 
     def new_net(self, seed_offset: int = 0) -> SegNet:
         "A fresh network; `seed_offset` gives peers a different initialisation."
@@ -170,8 +174,7 @@ class Method(nn.Module):
 class Supervised(Method):
     "Cross-entropy on the labeled batch only."
     name, needs_unlabeled = 'sup', False   # reads no option: the registry gives it an empty HP
-    def __init__(self, cfg, num_classes):
-        super().__init__(cfg, num_classes)
+    def build(self):
         self.net = self.new_net()
     def students(self): return [self.net]
     def passes(self, nl, nu): return [(self.net, nl, True, 0.0)]
@@ -211,8 +214,7 @@ class MeanTeacherHP(SCLHP, EMAHP, ThresholdHP, MixHP):
 class MeanTeacher(Method):
     "Mean Teacher with CutMix: EMA teacher on the weak view -> student on the mixed strong view."
     name, HP = 'mt', MeanTeacherHP
-    def __init__(self, cfg, num_classes):
-        super().__init__(cfg, num_classes)
+    def build(self):
         self.student = self.new_net(); self.teacher = make_teacher(self.student)
     def students(self): return [self.student]
     def teachers(self): return [self.teacher]
@@ -259,8 +261,7 @@ class CPSHP(MixHP):
 class CPS(Method):
     "Cross pseudo supervision between two students on the mixed strong view."
     name, HP = 'cps', CPSHP
-    def __init__(self, cfg, num_classes):
-        super().__init__(cfg, num_classes)
+    def build(self):
         self.s1, self.s2 = self.new_net(0), self.new_net(1)
     def students(self): return [self.s1, self.s2]
     def passes(self, nl, nu):
@@ -315,9 +316,8 @@ class UniMatch(Method):
     name, HP = 'unimatch', UniMatchHP
     data_defaults = dict(partner_views=True)   # the code's CutMix partner: a second view of each unlabeled image
     partner_keys = ('weak_partner', 'strong1_partner', 'strong2_partner', 'valid_partner')
-    def __init__(self, cfg, num_classes):
-        super().__init__(cfg, num_classes)
-        if self.hp.mix_partner == 'second_view' and not cfg.data.partner_views:
+    def build(self):
+        if self.hp.mix_partner == 'second_view' and not self.cfg.data.partner_views:
             raise ConfigError('method.mix_partner', "'second_view' needs data.partner_views=true (make_config('unimatch') "
                               "sets it); a run folder written before mix_partner existed ran with 'batch': add "
                               "\"mix_partner\": \"batch\" to the method section of its config.json")
@@ -437,13 +437,12 @@ class MKD(Method):
     "Mutual knowledge distillation: two students, two EMA teachers, cross-branch pseudo-labels, CPS, feature augmentation."
     name, HP = 'mkd', MKDHP
     data_defaults = dict(weak_photometric=True)   # the code's photometric distortion of labeled images, weak views
-    def __init__(self, cfg, num_classes):
-        super().__init__(cfg, num_classes)
+    def build(self):
         self.s1, self.s2 = self.new_net(0), self.new_net(1)
         self.t1, self.t2 = make_teacher(self.s1), make_teacher(self.s2)
         on = {p.strip() for p in self.hp.feature_aug_on.split(',')} if self.hp.feature_aug else set()
         self.fa_students, self.fa_teachers = 'students' in on, 'teachers' in on
-        self.stats = nn.ModuleList([ClassStats(num_classes, self.s1.feat_dim) for _ in range(4)])  # S1, S2, T1, T2
+        self.stats = nn.ModuleList([ClassStats(self.num_classes, self.s1.feat_dim) for _ in range(4)])  # S1, S2, T1, T2
         self.keep_maps = False   # True: each step keeps its network maps, mask and targets in `self.last` (figures, tests)
         self.last = {}
 
@@ -499,6 +498,19 @@ class MKD(Method):
         return torch.where(valid & (conf >= self.hp.conf_thresh), augmented.argmax(1), IGNORE_INDEX)
 
 
+    def supervised_loss(self, student_maps, augmented, lab, lab_labels, size):
+        "CE on the labeled images: raw logits at the input resolution (code) or augmented ones at the loss stride."
+        n_lab = len(lab['img'])
+        if self.hp.sup_logits == 'raw':
+            return sum(ce_loss(resize_to(maps.logits[:n_lab], size, 1), lab['mask']) for maps in student_maps)
+        return sum(ce_loss(logits[:n_lab], lab_labels) for logits in augmented)
+
+    def remember(self, **maps):
+        "With `keep_maps`, the step's maps, mask and targets stay in `self.last` (figures, the reference tests)."
+        if not self.keep_maps: return
+        maps['s_maps'] = [SegOutput(m.logits.detach(), m.features.detach()) for m in maps['s_maps']]
+        self.last = maps
+
     def step(self, lab, unl):
         hp, stride, size, lean = self.hp, self.loss_stride, unl['weak'].shape[-2:], self.hp.lean_passes
         n_lab, n_unl = len(lab['img']), len(unl['weak'])
@@ -527,9 +539,7 @@ class MKD(Method):
         if not lean and not hp.pseudo_on_labeled: pseudo_t1, pseudo_t2 = pseudo_t1[n_lab:], pseudo_t2[n_lab:]
         target1, target2 = (pseudo_t2, pseudo_t1) if hp.mutual else (pseudo_t1, pseudo_t2)  # S1 <- T2
         # losses
-        if hp.sup_logits == 'raw':
-            sup = sum(ce_loss(resize_to(maps.logits[:n_lab], size, 1), lab['mask']) for maps in student_maps)
-        else: sup = ce_loss(aug1[:n_lab], lab_labels) + ce_loss(aug2[:n_lab], lab_labels)
+        sup = self.supervised_loss(student_maps, (aug1, aug2), lab, lab_labels, size)
         mutual_from = 0 if (not lean and hp.pseudo_on_labeled) else n_lab   # where the terms start
         cps_from = 0 if hp.pseudo_on_labeled else n_lab
         valid = torch.cat([lab_valid, mixed_valid])
@@ -544,10 +554,8 @@ class MKD(Method):
             for1, for2 = (teacher2_mixed, teacher1_mixed) if hp.mutual else (teacher1_mixed, teacher2_mixed)
             scl = scl_term(hp, aug1[n_lab:], for1, mask) + scl_term(hp, aug2[n_lab:], for2, mask)
             terms['scl'] = hp.scl_weight * scl
-        if self.keep_maps:
-            student_maps = [SegOutput(maps.logits.detach(), maps.features.detach()) for maps in student_maps]
-            self.last = dict(t_maps=teacher_maps, s_maps=student_maps, mask=mask, perm=perm,
-                             targets=(target1, target2), teacher_logits=teacher_logits)
+        self.remember(t_maps=teacher_maps, s_maps=student_maps, mask=mask, perm=perm,
+                      targets=(target1, target2), teacher_logits=teacher_logits)
         return StepOutput.of_terms(terms, logs={'lam_fa': torch.tensor(self.lam)}, mixed=mixed.detach(),
                                    pseudo=(pseudo_t2[-n_unl:], labels_at(mixed_gt, loss_size)))
 

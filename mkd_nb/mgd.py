@@ -92,12 +92,11 @@ class MGDHP(TeacherHP, MixHP):
 class MGD(Method):
     "Multi-granularity distillation: one student, a frozen deep and a frozen wide teacher; pixel, image and region terms."
     name, HP = 'mgd', MGDHP
-    def __init__(self, cfg: Config, num_classes: int):
-        super().__init__(cfg, num_classes)
+    def build(self):
         o = self.hp
         self.student = self.new_net()
-        self._frozen = {'deep': load_teacher(o.teacher_deep, num_classes, 'deep'),
-                        'wide': load_teacher(o.teacher_wide, num_classes, 'wide')}
+        self._frozen = {'deep': load_teacher(o.teacher_deep, self.num_classes, 'deep'),
+                        'wide': load_teacher(o.teacher_wide, self.num_classes, 'wide')}
         self.train(self.training)
 
     @property
