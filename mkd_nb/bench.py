@@ -14,8 +14,8 @@ from fastcore.script import call_parse
 from .core import *
 from .methods import build_method, toy_batch
 from .train import amp_dtype
-from .runner import (load_protocol, protocol_names, protocol_cells, select_cells, cell_config, protocol_root,
-                           run_cells, plan_cells, _plan_lines)
+from .runner import (load_protocol, protocol_names, protocol_cells, select_cells, cell_config,
+                           protocol_root, run_cells, plan_cells, _plan_lines)
 from .report import write_table
 
 # %% auto #0
@@ -31,7 +31,8 @@ def reset_peak(device):
         except OSError: pass
 
 def peak_mib(device) -> Optional[float]:
-    "Peak memory since `reset_peak`, in MiB (GPU allocator on CUDA, process RSS high-water mark on Linux CPUs)."
+    """Peak memory since `reset_peak`, in MiB (GPU allocator on CUDA, process RSS high-water mark on Linux
+    CPUs)."""
     if device.type == 'cuda': return torch.cuda.max_memory_allocated(device) / 2**20
     try:
         for line in Path('/proc/self/status').read_text().splitlines():
@@ -50,11 +51,13 @@ def _median_time(fn, steps, warmup, device):
     return statistics.median(ts), ts
 
 def _method_traits(method, cfg: Config) -> dict:
-    "What the timing needs to know of a method: whether it trains on unlabeled images, its SCL weight. The one place that reads them."
+    """What the timing needs to know of a method: whether it trains on unlabeled images, its SCL weight. The
+    one place that reads them."""
     return dict(unlabeled=method.needs_unlabeled, scl_weight=getattr(cfg.method, 'scl_weight', 0.0))
 
 def _step_fn(cfg: Config, num_classes: int = 11) -> dict:
-    "Closures running one full training step of `cfg`'s method, and its bare network passes, on synthetic tensors."
+    """Closures running one full training step of `cfg`'s method, and its bare network passes, on synthetic
+    tensors."""
     device = get_device(cfg.train.device)
     seed_everything(cfg.train.seed)
     method = build_method(cfg, num_classes).to(device).train()
@@ -65,11 +68,13 @@ def _step_fn(cfg: Config, num_classes: int = 11) -> dict:
         for net in method.students(): net.compile()
     nl, nu, c = cfg.data.batch_size, cfg.data.unlabeled_batch_size or cfg.data.batch_size, cfg.data.crop
     lab, unl = toy_batch(nl, nu, c, num_classes)
-    fmt = lambda v: v.contiguous(memory_format=torch.channels_last) if cl and v.dim() == 4 and v.is_floating_point() else v
+    fmt = lambda v: (v.contiguous(memory_format=torch.channels_last)
+                     if cl and v.dim() == 4 and v.is_floating_point() else v)
     lab, unl = ({k: fmt(v.to(device)) for k, v in b.items()} for b in (lab, unl))
     params = [p for n in method.students() for p in n.parameters()]
     opt = torch.optim.SGD(params, lr=1e-4, momentum=0.9)
-    # the Trainer's rule (amp_dtype) and its GradScaler: an fp16 row is timed in fp16 with loss scaling, as it trains
+    # the Trainer's rule (amp_dtype) and its GradScaler: an fp16 row is timed in fp16 with loss scaling, as it
+    # trains
     dtype = amp_dtype(cfg.train.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     ctx = lambda: torch.autocast(device.type, dtype=dtype) if dtype else torch.autocast(device.type,
@@ -107,8 +112,8 @@ def bench_step(cfg: Config, num_classes: int = 11, steps: int = 5, warmup: int =
     f, b = res['full']['median_s'], res['bare']['median_s']
     traits = _method_traits(method, cfg)
     images = nl + (nu if traits['unlabeled'] else 0)
-    return {'method': method.name, 'encoder': cfg.model.encoder, 'arch': cfg.model.arch, 'crop': c, 'batch_size': nl,
-            'unlabeled_batch_size': nu if traits['unlabeled'] else 0, 'device': str(device),
+    return {'method': method.name, 'encoder': cfg.model.encoder, 'arch': cfg.model.arch, 'crop': c,
+            'batch_size': nl, 'unlabeled_batch_size': nu if traits['unlabeled'] else 0, 'device': str(device),
             'threads': torch.get_num_threads(),
             'passes': [(n, g) for _, n, g, _ in passes], 'forward_images': sum(n for _, n, _, _ in passes),
             'step_s': f, 'bare_s': b, 'overhead_frac': (f - b) / f, 'images_per_s': images / f,
@@ -119,7 +124,8 @@ def bench_step(cfg: Config, num_classes: int = 11, steps: int = 5, warmup: int =
 
 # %% ../nbs/12b_bench.ipynb #8a4e6074
 def stand_in_teachers(out, num_classes: int, deep: ModelConfig, wide: ModelConfig) -> dict:
-    "Checkpoints of randomly initialised deep and wide teachers in folder `out`, for timing MGD: {'teacher_deep': path, 'teacher_wide': path}."
+    """Checkpoints of randomly initialised deep and wide teachers in folder `out`, for timing MGD:
+    {'teacher_deep': path, 'teacher_wide': path}."""
     import dataclasses
     from mkd_nb.models import SegNet, save_checkpoint
     paths = {}
@@ -132,12 +138,14 @@ def stand_in_teachers(out, num_classes: int, deep: ModelConfig, wide: ModelConfi
     return paths
 
 # %% ../nbs/12b_bench.ipynb #0ac9d8e6
-def bench_settings(method: str, threads=(1, None), channels_last=(False, True), compile=(False, True), steps: int = 3,
-                   rounds: int = 3, warmup: int = 2, num_classes: int = 11, **kw) -> list:
-    "Step time of `method` (config keywords `kw`) under each combination of threads, memory format and compilation."
+def bench_settings(method: str, threads=(1, None), channels_last=(False, True), compile=(False, True),
+                   steps: int = 3, rounds: int = 3, warmup: int = 2, num_classes: int = 11, **kw) -> list:
+    """Step time of `method` (config keywords `kw`) under each combination of threads, memory format and
+    compilation."""
     import itertools
     n0 = torch.get_num_threads()
-    threads = list(dict.fromkeys(t or n0 for t in threads))     # (1, None) on a 1-thread default is one setting
+    # (1, None) on a 1-thread default is one setting
+    threads = list(dict.fromkeys(t or n0 for t in threads))
     combos = list(itertools.product(threads, channels_last, compile))
     setups, times = {}, {c: [] for c in combos}
     try:
@@ -148,35 +156,44 @@ def bench_settings(method: str, threads=(1, None), channels_last=(False, True), 
                 if (cl, comp) not in setups:
                     t0 = time.perf_counter()
                     st = _step_fn(make_config(method, channels_last=cl, compile=comp, **kw), num_classes)
-                    for _ in range(warmup + 2 * comp): st['full']()     # compilation happens in the first calls
+                    # compilation happens in the first calls
+                    for _ in range(warmup + 2 * comp): st['full']()
                     setups[cl, comp] = (st, time.perf_counter() - t0)
                 st = setups[cl, comp][0]
                 times[th, cl, comp] += _median_time(st['full'], steps, 0, st['device'])[1]
     finally: torch.set_num_threads(n0)
-    rows = [dict(method=method, threads=th, channels_last=cl, compile=comp, crop=kw.get('crop'), batch_size=kw.get('batch_size'),
-                 step_s=statistics.median(times[th, cl, comp]), times_s=times[th, cl, comp], setup_s=setups[cl, comp][1],
-                 torch=torch.__version__) for th, cl, comp in combos]
-    base = next(r for r in rows if r['threads'] == max(threads) and not r['channels_last'] and not r['compile'])
+    rows = [dict(method=method, threads=th, channels_last=cl, compile=comp, crop=kw.get('crop'),
+                 batch_size=kw.get('batch_size'),
+                 step_s=statistics.median(times[th, cl, comp]), times_s=times[th, cl, comp],
+                 setup_s=setups[cl, comp][1], torch=torch.__version__) for th, cl, comp in combos]
+    base = next(r for r in rows if r['threads'] == max(threads) and not r['channels_last']
+                and not r['compile'])
     for r in rows: r['time_vs_plain'] = r['step_s'] / base['step_s']
     return rows
 
 # %% ../nbs/12b_bench.ipynb #32d2bd66
-def bench_pair(method: str, rows: list, protocol: Optional[str], steps: int, kw: dict, extra: dict, device: str = 'cpu') -> dict:
-    "Two 1-thread step benchmarks of `method` run as simultaneous processes: the effective time per step of the pair."
+def bench_pair(method: str, rows: list, protocol: Optional[str], steps: int, kw: dict, extra: dict,
+               device: str = 'cpu') -> dict:
+    """Two 1-thread step benchmarks of `method` run as simultaneous processes: the effective time per step of
+    the pair."""
     import subprocess, tempfile
-    args = ['--method', method, '--threads', '1', '--steps', str(max(steps, 3)), '--device', device, '--arch', kw.get('arch', 'deeplabv3plus'),
-            '--amp', kw.get('amp', 'auto')]
+    args = ['--method', method, '--threads', '1', '--steps', str(max(steps, 3)), '--device', device, '--arch',
+            kw.get('arch', 'deeplabv3plus'), '--amp', kw.get('amp', 'auto')]
     if protocol: args += ['--protocol', protocol]
-    else: args += ['--encoder', kw['encoder'], '--crop', str(kw['crop']), '--batch-size', str(kw['batch_size'])]
+    else:
+        args += ['--encoder', kw['encoder'], '--crop', str(kw['crop']), '--batch-size', str(kw['batch_size'])]
     if extra: args += ['--set', ','.join(f"{k}={v}" for k, v in extra.items())]
     with tempfile.TemporaryDirectory() as d:
-        ps = [subprocess.Popen([sys.executable, '-m', 'mkd_nb.cli', 'bench', 'step', *args, '--out', f'{d}/{i}'], stdout=subprocess.DEVNULL)
+        ps = [subprocess.Popen([sys.executable, '-m', 'mkd_nb.cli', 'bench', 'step', *args, '--out',
+                                f'{d}/{i}'], stdout=subprocess.DEVNULL)
               for i in range(2)]
         if any(p.wait() for p in ps): raise RuntimeError(f"bench_pair: a step benchmark of {method} failed")
         ts = [json.loads(Path(f'{d}/{i}/step-{device}.json').read_text())[0]['step_s'] for i in range(2)]
-    base = next(r for r in rows if not r['channels_last'] and not r['compile'] and r['threads'] == max(x['threads'] for x in rows))
+    base = next(r for r in rows if not r['channels_last'] and not r['compile']
+                and r['threads'] == max(x['threads'] for x in rows))
     per = statistics.fmean(ts) / 2
-    return dict(method=method, threads=1, channels_last=False, compile=False, crop=rows[0]['crop'], batch_size=rows[0]['batch_size'],
+    return dict(method=method, threads=1, channels_last=False, compile=False, crop=rows[0]['crop'],
+                batch_size=rows[0]['batch_size'],
                 step_s=statistics.fmean(ts), times_s=ts, setup_s=0.0, time_vs_plain=per / base['step_s'],
                 note='two 1-thread processes at once; time_vs_plain per step of the pair',
                 torch=torch.__version__)
@@ -193,7 +210,8 @@ def bench_loader(cfg: Config, steps: int = 20, warmup: int = 3) -> dict:
     dt = time.perf_counter() - t0
     ld.close()
     per_step = cfg.data.batch_size + (cfg.data.unlabeled_batch_size or cfg.data.batch_size)
-    return {'dataset': cfg.data.dataset, 'crop': cfg.data.crop, 'workers': cfg.data.workers, 'batch_size': cfg.data.batch_size,
+    return {'dataset': cfg.data.dataset, 'crop': cfg.data.crop, 'workers': cfg.data.workers,
+            'batch_size': cfg.data.batch_size,
             'steps': steps, 'batches_per_s': steps / dt, 'samples_per_s': steps * per_step / dt}
 
 # %% ../nbs/12b_bench.ipynb #66f189e2
@@ -220,9 +238,12 @@ def _parse_size(size) -> tuple:
                                                  f"(both >= 16)") from None
     return h, w
 
-def bench_flops(encoders: dict, size=(180, 240), num_classes: int = 11, arch: str = 'deeplabv3plus', decoder_channels: int = 256,
-                output_stride: int = 16, device: str = 'cpu', steps: int = 3, warmup: int = 1, batch_size: int = 1) -> list:
-    "Parameters, FLOPs per image and inference images/s of each network in `encoders` ({role: [encoder, ...]}) at `size` (H, W)."
+def bench_flops(encoders: dict, size=(180, 240), num_classes: int = 11, arch: str = 'deeplabv3plus',
+                decoder_channels: int = 256,
+                output_stride: int = 16, device: str = 'cpu', steps: int = 3, warmup: int = 1,
+                batch_size: int = 1) -> list:
+    """Parameters, FLOPs per image and inference images/s of each network in `encoders` ({role: [encoder,
+    ...]}) at `size` (H, W)."""
     from mkd_nb.models import SegNet
     from mkd_nb.mgd import net_cost
     dev = get_device(device)
@@ -230,17 +251,20 @@ def bench_flops(encoders: dict, size=(180, 240), num_classes: int = 11, arch: st
     for role, encs in encoders.items():
         for enc in ([encs] if isinstance(encs, str) else encs):
             torch.manual_seed(0)
-            net = SegNet(arch, enc, num_classes, decoder_channels=decoder_channels, output_stride=output_stride).to(dev).eval()
+            net = SegNet(arch, enc, num_classes, decoder_channels=decoder_channels,
+                         output_stride=output_stride).to(dev).eval()
             c = net_cost(net, size)
             x = torch.randn(batch_size, 3, *size, device=dev)
             def fwd():
                 with torch.no_grad(): net(x)
             med, ts = _median_time(fwd, steps, warmup, dev)
-            rows.append({'role': role, 'encoder': enc, 'arch': arch, 'size': f"{size[1]}x{size[0]}", 'num_classes': num_classes,
+            rows.append({'role': role, 'encoder': enc, 'arch': arch, 'size': f"{size[1]}x{size[0]}",
+                         'num_classes': num_classes,
                          'decoder_channels': decoder_channels, 'output_stride': output_stride,
                          'params_M': c['params'] / 1e6, 'enc_params_M': c['enc_params'] / 1e6,
                          'gflops': c['flops'] / 1e9, 'enc_gflops': c['enc_flops'] / 1e9,
-                         'ms_per_img': 1000 * med / batch_size, 'img_per_s': batch_size / med, 'batch_size': batch_size,
+                         'ms_per_img': 1000 * med / batch_size, 'img_per_s': batch_size / med,
+                         'batch_size': batch_size,
                          'device': str(dev), 'threads': torch.get_num_threads(), 'times_s': ts,
                          'torch': torch.__version__})
             del net
@@ -251,10 +275,13 @@ def bench_flops(encoders: dict, size=(180, 240), num_classes: int = 11, arch: st
     return rows
 
 # %% ../nbs/12b_bench.ipynb #1a87bd89
-_TEACHER_FIELDS = ('teacher_deep', 'teacher_wide')    # mgd's checkpoint fields, the ones `stand_in_teachers` fills
+# mgd's checkpoint fields, the ones `stand_in_teachers` fills
+_TEACHER_FIELDS = ('teacher_deep', 'teacher_wide')
 
-def _teacher_models(protocol, student: ModelConfig, deep_encoder: str, wide_encoder: str, method: str = 'mgd') -> tuple:
-    """(deep, wide) teacher model configs: the networks of the cells a `method` row of `protocol` needs, if it has one,
+def _teacher_models(protocol, student: ModelConfig, deep_encoder: str, wide_encoder: str,
+                    method: str = 'mgd') -> tuple:
+    """(deep, wide) teacher model configs: the networks of the cells a `method` row of `protocol` needs, if it
+    has one,
     else the student's network with the given encoders."""
     import dataclasses
     p = load_protocol(protocol) if protocol else None
@@ -264,7 +291,8 @@ def _teacher_models(protocol, student: ModelConfig, deep_encoder: str, wide_enco
         return tuple(cell_config(p, first[row['needs'][f]], out='.').model for f in _TEACHER_FIELDS)
     return tuple(dataclasses.replace(student, encoder=e.split(',')[0]) for e in (deep_encoder, wide_encoder))
 
-def _with_teachers(method: str, kw: dict, protocol: Optional[str], deep_encoder: str, wide_encoder: str, tmp, num_classes: int) -> dict:
+def _with_teachers(method: str, kw: dict, protocol: Optional[str], deep_encoder: str, wide_encoder: str, tmp,
+                   num_classes: int) -> dict:
     "`kw`, plus stand-in checkpoints (in folder `tmp`) for each teacher an `mgd` timing run was not given."
     given = lambda k: kw.get(k) or kw.get(f'method.{k}')
     if method != 'mgd' or all(given(k) for k in _TEACHER_FIELDS): return kw
@@ -287,13 +315,16 @@ def mkd_bench(   # its entry point (`mkd-bench`, `python -m mkd_nb.cli bench`) i
     scl_weight:float=0.0,     # add SCL to mt/mkd
     compile:bool=False,       # settings: also time torch.compile (slow to set up)
     rounds:int=3,             # settings: interleaved rounds of --steps timed steps per setting
-    pair:bool=False,          # settings: also time two 1-thread processes stepping at the same time (how the table runner uses 2 cores)
+    # settings: also time two 1-thread processes stepping at the same time (how the table runner uses 2 cores)
+    pair:bool=False,
     dataset:str='camvid',     # loader: dataset
     root:str=None,            # loader: dataset folder
     workers:int=2,            # loader: workers
     student_encoder:str='resnet18,mobilenet_v2', # flops: student encoders
-    deep_encoder:str='resnet101',                # flops: deep teacher encoders (step: mgd's, without a protocol)
-    wide_encoder:str='tu-wide_resnet50_2',       # flops: wide teacher encoders (step: mgd's, without a protocol)
+    # flops: deep teacher encoders (step: mgd's, without a protocol)
+    deep_encoder:str='resnet101',
+    # flops: wide teacher encoders (step: mgd's, without a protocol)
+    wide_encoder:str='tu-wide_resnet50_2',
     size:str='240x180',       # flops: image size WIDTHxHEIGHT
     set:str=None,             # other config fields: name=value,...
     protocol:str=None,        # table (and step): protocol preset, e.g. camvid-cpu
@@ -303,7 +334,8 @@ def mkd_bench(   # its entry point (`mkd-bench`, `python -m mkd_nb.cli bench`) i
     seeds:str=None,           # table: comma-separated seeds to run (0,1)
     jobs:int=1,               # table: cells run at the same time
     render_only:bool=False,   # table: only collect finished cells and write the tables and plots
-    plan:bool=False,          # table: list the cells, whether they are finished and how long the rest should take; run nothing
+    # table: list the cells, whether they are finished and how long the rest should take; run nothing
+    plan:bool=False,
     results_md:str=None,      # table: also write this RESULTS.md
     out:str=None,             # output folder [results/bench, or results/<protocol> for table]
 ):
@@ -314,8 +346,8 @@ def mkd_bench(   # its entry point (`mkd-bench`, `python -m mkd_nb.cli bench`) i
     p = load_protocol(protocol) if protocol else None
     out = out or (f"results/{p['name']}" if protocol else 'results/bench')
     if what == 'table':
-        if not protocol: raise ConfigError('protocol',
-                                           f"the table needs --protocol; valid: {', '.join(protocol_names())}")
+        if not protocol:
+            raise ConfigError('protocol', f"the table needs --protocol; valid: {', '.join(protocol_names())}")
         cells = select_cells(protocol_cells(protocol), only, shard, parts, seeds)
         if plan:
             print('\n'.join(_plan_lines(plan_cells(protocol, cells, out), jobs)))
@@ -330,7 +362,8 @@ def mkd_bench(   # its entry point (`mkd-bench`, `python -m mkd_nb.cli bench`) i
             raise SystemExit(f"mkd-bench: {len(res['blocked'])} cell(s) blocked by a missing teacher: "
                              f"{', '.join(res['blocked'])}")
         return t
-    pkw = {k: v for k, v in p['config'].items() if k not in ('dataset', 'workers', 'iters', 'eval_every', 'log_every')} if protocol else {}
+    pkw = {k: v for k, v in p['config'].items()
+           if k not in ('dataset', 'workers', 'iters', 'eval_every', 'log_every')} if protocol else {}
     import tempfile
     tmp = tempfile.TemporaryDirectory(prefix='mkd-bench-')          # stand-in MGD teachers (step, settings)
     num_classes = p['num_classes'] if protocol else 11
@@ -349,13 +382,16 @@ def mkd_bench(   # its entry point (`mkd-bench`, `python -m mkd_nb.cli bench`) i
         sup = next((r for r in rows if r['method'] == 'sup'), None)
         for r in rows:
             if sup: r['time_vs_sup'] = r['step_s'] / sup['step_s']
-        return write_results(rows, out, f'step-{device}', ['method', 'crop', 'batch_size', 'forward_images', 'step_s', 'bare_s',
-                                                          'overhead_frac', 'peak_mib', 'images_per_s', 'time_vs_sup'])
+        return write_results(rows, out, f'step-{device}',
+                             ['method', 'crop', 'batch_size', 'forward_images', 'step_s', 'bare_s',
+                                                          'overhead_frac', 'peak_mib', 'images_per_s',
+                              'time_vs_sup'])
     if what == 'loader':
         cfg = make_config('mkd', dataset=dataset, root=root, crop=crop, batch_size=batch_size,
                           workers=workers, encoder=encoder, **extra)
         r = bench_loader(cfg, steps=max(steps, 10))
-        s = bench_step(make_config('mkd', encoder=encoder, crop=crop, batch_size=batch_size, device=device, **extra), steps=3)
+        s = bench_step(make_config('mkd', encoder=encoder, crop=crop, batch_size=batch_size, device=device,
+                                   **extra), steps=3)
         r['step_samples_per_s'] = 2 * batch_size / s['step_s']
         r['loader_over_step'] = r['samples_per_s'] / r['step_samples_per_s']
         print(f"loader {r['samples_per_s']:.1f} samples/s with {workers} workers; an mkd step consumes "
@@ -367,14 +403,17 @@ def mkd_bench(   # its entry point (`mkd-bench`, `python -m mkd_nb.cli bench`) i
     if what == 'flops':
         encs = {'student': student_encoder.split(','), 'deep': deep_encoder.split(','),
                 'wide': wide_encoder.split(',')}
-        rows = bench_flops({k: [e for e in v if e] for k, v in encs.items()}, _parse_size(size), arch=arch, device=device, steps=steps,
-                           **{k: extra[k] for k in ('num_classes', 'decoder_channels', 'output_stride') if k in extra})
+        rows = bench_flops({k: [e for e in v if e] for k, v in encs.items()}, _parse_size(size), arch=arch,
+                           device=device, steps=steps,
+                           **{k: extra[k] for k in ('num_classes', 'decoder_channels', 'output_stride')
+                              if k in extra})
         for r in rows:
             print(f"{r['role']:8s} {r['encoder']:20s} {r['params_M']:7.2f} M params  {r['gflops']:8.2f} "
                   f"GFLOPs (encoder {r['enc_gflops']:7.2f})  "
                   f"{r['img_per_s']:7.2f} img/s")
         ratios = [k for k in rows[0] if k.startswith(('flops_x_', 'enc_flops_x_'))]
-        return write_results(rows, out, 'flops', ['role', 'encoder', 'size', 'params_M', 'enc_params_M', 'gflops', 'enc_gflops',
+        return write_results(rows, out, 'flops',
+                             ['role', 'encoder', 'size', 'params_M', 'enc_params_M', 'gflops', 'enc_gflops',
                                                   'img_per_s'] + ratios)
     if what == 'settings':
         rows = []
@@ -382,7 +421,8 @@ def mkd_bench(   # its entry point (`mkd-bench`, `python -m mkd_nb.cli bench`) i
             kw = dict(dict(encoder=encoder, arch=arch, crop=crop, batch_size=batch_size), **pkw)
             skw = _with_teachers(m, dict(kw, device=device, amp=amp, iters=1000, **extra), protocol,
                                  deep_encoder, wide_encoder, tmp.name, num_classes)
-            rs = bench_settings(m, threads=(1, threads) if threads and threads > 1 else (1, None), compile=(False, True) if compile else (False,),
+            rs = bench_settings(m, threads=(1, threads) if threads and threads > 1 else (1, None),
+                                compile=(False, True) if compile else (False,),
                                 steps=steps, rounds=rounds, num_classes=num_classes, **skw)
             if pair: rs.append(bench_pair(m, rs, protocol, steps, dict(kw, amp=amp), extra, device))
             for r in rs:
@@ -392,6 +432,7 @@ def mkd_bench(   # its entry point (`mkd-bench`, `python -m mkd_nb.cli bench`) i
                       f"{r['setup_s']:.0f} s)"
                       + (f"  [{r['note']}]" if r.get('note') else ''))
             rows += rs
-        return write_results(rows, out, f'settings-{device}', ['method', 'crop', 'batch_size', 'threads', 'channels_last', 'compile',
+        return write_results(rows, out, f'settings-{device}',
+                             ['method', 'crop', 'batch_size', 'threads', 'channels_last', 'compile',
                                                                'step_s', 'time_vs_plain', 'setup_s', 'note'])
     raise SystemExit(f"mkd-bench: unknown benchmark {what!r}; valid: step, loader, flops, settings, table")

@@ -23,7 +23,8 @@ __all__ = ['ConfusionMatrix', 'window_starts', 'predict', 'evaluate', 'recalibra
 
 # %% ../nbs/09_evaluate.ipynb #0b021770
 class ConfusionMatrix:
-    "Dataset-level confusion matrix `mat[target, pred]` (int64) with IoU, mIoU and pixel accuracy; pixels labelled 255 are skipped."
+    """Dataset-level confusion matrix `mat[target, pred]` (int64) with IoU, mIoU and pixel accuracy; pixels
+    labelled 255 are skipped."""
     def __init__(self, num_classes: int, device='cpu'):
         if num_classes < 1: raise ValueError(f"ConfusionMatrix: num_classes must be >= 1, got {num_classes}")
         self.num_classes = num_classes
@@ -36,13 +37,15 @@ class ConfusionMatrix:
         C = self.num_classes
         if pred.ndim == target.ndim + 1: pred = pred.argmax(1)
         if pred.shape != target.shape:
-            raise ValueError(f"ConfusionMatrix.update: prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
+            raise ValueError(f"ConfusionMatrix.update: prediction {tuple(pred.shape)} and target "
+                             f"{tuple(target.shape)} differ in shape")
         p = pred.reshape(-1).to(self.mat.device, torch.int64)
         t = target.reshape(-1).to(self.mat.device, torch.int64)
         keep = t != IGNORE_INDEX
         p, t = p[keep], t[keep]
         if t.numel() and (t.min() < 0 or t.max() >= C):
-            raise ValueError(f"ConfusionMatrix.update: target has values outside [0, {C}) that are not {IGNORE_INDEX}: {t[(t < 0) | (t >= C)].unique()[:5].tolist()}")
+            raise ValueError(f"ConfusionMatrix.update: target has values outside [0, {C}) that are not "
+                             f"{IGNORE_INDEX}: {t[(t < 0) | (t >= C)].unique()[:5].tolist()}")
         if p.numel() and (p.min() < 0 or p.max() >= C):
             raise ValueError(f"ConfusionMatrix.update: prediction has values outside [0, {C})")
         self.mat += torch.bincount(t * C + p, minlength=C * C).view(C, C)
@@ -77,9 +80,11 @@ class ConfusionMatrix:
         return float(self.mat.diag().sum()) / tot if tot else float('nan')
 
     def summary(self, class_names: Optional[Sequence[str]] = None) -> dict:
-        "`dict(miou, pixel_acc, iou={name: v})` in percent; `None` where undefined (class absent from the ground truth)."
+        """`dict(miou, pixel_acc, iou={name: v})` in percent; `None` where undefined (class absent from the
+        ground truth)."""
         names = list(class_names) if class_names is not None else [str(i) for i in range(self.num_classes)]
-        if len(names) != self.num_classes: raise ValueError(f"summary: {len(names)} class names for {self.num_classes} classes")
+        if len(names) != self.num_classes:
+            raise ValueError(f"summary: {len(names)} class names for {self.num_classes} classes")
         def pct(v): return None if v != v else 100.0 * float(v)
         iou, pres = self.iou(), self.present()
         return dict(miou=pct(self.miou()), pixel_acc=pct(self.pixel_acc()),
@@ -89,7 +94,8 @@ class ConfusionMatrix:
 def _pair(v): return (int(v), int(v)) if isinstance(v, (int, float)) else (int(v[0]), int(v[1]))
 
 def window_starts(size: int, window: int, stride: int) -> list:
-    "Start offsets of windows of `window` every `stride` over `size` pixels, the last one ending at the border."
+    """Start offsets of windows of `window` every `stride` over `size` pixels, the last one ending at the
+    border."""
     if size <= window: return [0]
     s = list(range(0, size - window, stride))
     return s + [size - window]
@@ -97,14 +103,17 @@ def window_starts(size: int, window: int, stride: int) -> list:
 def _net_logits(net, x):
     out = net(x)
     if isinstance(out, SegOutput): out = out.logits
-    if out.shape[-2:] != x.shape[-2:]: out = F.interpolate(out, size=x.shape[-2:], mode='bilinear', align_corners=False)
+    if out.shape[-2:] != x.shape[-2:]:
+        out = F.interpolate(out, size=x.shape[-2:], mode='bilinear', align_corners=False)
     return out
 
 def _sliding(net, x, window, stride, batch_windows):
     B, _, H, W = x.shape
     wh, ww = _pair(window)
-    sh, sw = _pair(stride) if stride is not None else (max(1, math.ceil(2 * wh / 3)), max(1, math.ceil(2 * ww / 3)))
-    if min(wh, ww, sh, sw) < 1: raise ValueError(f"predict: window {window} and stride {stride} must be positive")
+    sh, sw = _pair(stride) if stride is not None else (max(1, math.ceil(2 * wh / 3)),
+                                                       max(1, math.ceil(2 * ww / 3)))
+    if min(wh, ww, sh, sw) < 1:
+        raise ValueError(f"predict: window {window} and stride {stride} must be positive")
     ph, pw = max(wh - H, 0), max(ww - W, 0)
     if ph or pw: x = F.pad(x, (0, pw, 0, ph))
     Hp, Wp = x.shape[-2:]
@@ -123,20 +132,26 @@ def _sliding(net, x, window, stride, batch_windows):
             count[:, :, y:y + wh, z:z + ww] += 1
     return (out / count)[:, :, :H, :W]
 
-def predict(net, img, mode: str = 'whole', window=None, stride=None, flip: bool = False, batch_windows: int = 8):
-    "Logits `[B,C,H,W]` of `net` for a normalised batch `img`: 'whole' image or 'sliding' windows, optionally flip-averaged."
-    if mode not in ('whole', 'sliding'): raise ValueError(f"predict: unknown mode {mode!r}; valid: whole, sliding")
-    if mode == 'sliding' and window is None: raise ValueError("predict: sliding-window inference needs `window` (e.g. the training crop)")
-    def run(x): return _net_logits(net, x) if mode == 'whole' else _sliding(net, x, window, stride, batch_windows)
+def predict(net, img, mode: str = 'whole', window=None, stride=None, flip: bool = False,
+            batch_windows: int = 8):
+    """Logits `[B,C,H,W]` of `net` for a normalised batch `img`: 'whole' image or 'sliding' windows,
+    optionally flip-averaged."""
+    if mode not in ('whole', 'sliding'):
+        raise ValueError(f"predict: unknown mode {mode!r}; valid: whole, sliding")
+    if mode == 'sliding' and window is None:
+        raise ValueError("predict: sliding-window inference needs `window` (e.g. the training crop)")
+    def run(x):
+        return _net_logits(net, x) if mode == 'whole' else _sliding(net, x, window, stride, batch_windows)
     out = run(img)
     if flip: out = (out + run(img.flip(-1)).flip(-1)) / 2
     return out
 
 # %% ../nbs/09_evaluate.ipynb #9d7406c1
 def evaluate(net, ds, num_classes: int, device='cpu', mode: str = 'whole', window=None, flip: bool = False,
-             class_names=None, parent=None, rank: int = 0, world: int = 1, progress: bool = True, on_pred=None,
-             batch_windows: int = 8) -> dict:
-    "mIoU, pixel accuracy and per-class IoU (percent) of `net` on `ds`; `parent` is a fastprogress master bar."
+             class_names=None, parent=None, rank: int = 0, world: int = 1, progress: bool = True,
+             on_pred=None, batch_windows: int = 8) -> dict:
+    """mIoU, pixel accuracy and per-class IoU (percent) of `net` on `ds`; `parent` is a fastprogress master
+    bar."""
     if class_names is None:
         info = getattr(ds, 'info', None)
         class_names = list(info.classes) if info is not None and len(info.classes) == num_classes else None
@@ -162,13 +177,18 @@ def evaluate(net, ds, num_classes: int, device='cpu', mode: str = 'whole', windo
 # %% ../nbs/09_evaluate.ipynb #0e085c99
 def recalibrate_bn(net: nn.Module, ds, view, ids=None, batches: int = 60, batch_size: int = 16, seed: int = 0,
                    device='cpu') -> nn.Module:
-    "A copy of `net` in eval mode whose batch-norm statistics are re-estimated on `view(img, mask)` crops of `ds[ids]`."
+    """A copy of `net` in eval mode whose batch-norm statistics are re-estimated on `view(img, mask)` crops of
+    `ds[ids]`."""
     ids = list(range(len(ds))) if ids is None else list(ids)
     if not ids: raise ValueError("recalibrate_bn: no images to estimate the statistics on (ids is empty)")
-    if batches < 1 or batch_size < 2: raise ValueError(f"recalibrate_bn: need batches >= 1 and batch_size >= 2, got {batches}, {batch_size}")
+    if batches < 1 or batch_size < 2:
+        raise ValueError(f"recalibrate_bn: need batches >= 1 and batch_size >= 2, "
+                         f"got {batches}, {batch_size}")
     net = copy.deepcopy(net)
-    bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    if not bns: raise ValueError("recalibrate_bn: the network has no batch-norm layer with running statistics")
+    bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+           and m.track_running_stats]
+    if not bns:
+        raise ValueError("recalibrate_bn: the network has no batch-norm layer with running statistics")
     old = [m.momentum for m in bns]
     for m in bns: m.reset_running_stats(); m.momentum = None   # momentum None: cumulative (plain) average
     g = torch.Generator().manual_seed(seed)

@@ -21,7 +21,8 @@ __all__ = ['FORMATS', 'Deployable', 'deployable', 'export_model', 'mkd_export']
 
 # %% ../nbs/09a_export.ipynb #296642bb
 class Deployable(nn.Module):
-    "RGB float `[B,3,H,W]` in [0, 1] -> logits `[B,C,H,W]`: ImageNet normalisation, then the evaluation network."
+    """RGB float `[B,3,H,W]` in [0, 1] -> logits `[B,C,H,W]`: ImageNet normalisation, then the evaluation
+    network."""
     def __init__(self, net: nn.Module):
         super().__init__()
         self.net = net.eval()
@@ -31,8 +32,10 @@ class Deployable(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor: return self.net((x - self.mean) / self.std).logits
 
 def deployable(ckpt) -> Deployable:
-    "The evaluated network of checkpoint `ckpt` (path or dict), with its normalisation, on the CPU in eval mode."
-    return Deployable(eval_model_from_checkpoint(ckpt, 'cpu', path=None if isinstance(ckpt, dict) else ckpt)).eval()
+    """The evaluated network of checkpoint `ckpt` (path or dict), with its normalisation, on the CPU in eval
+    mode."""
+    return Deployable(eval_model_from_checkpoint(ckpt, 'cpu',
+                                                 path=None if isinstance(ckpt, dict) else ckpt)).eval()
 
 # %% ../nbs/09a_export.ipynb #f795175c
 FORMATS = {'onnx': '.onnx', 'torchscript': '.torchscript.pt'}
@@ -41,7 +44,9 @@ def _onnx_modules():
     try:
         import onnx, onnxruntime
     except ImportError:
-        raise ConfigError('format', "onnx export needs the optional packages onnx and onnxruntime: pip install 'mkd_nb[export]' "
+        raise ConfigError('format',
+                          "onnx export needs the optional packages onnx and onnxruntime: pip install "
+                          "'mkd_nb[export]' "
                                     "(or use --format torchscript, which needs only PyTorch)") from None
     return onnx, onnxruntime
 
@@ -58,16 +63,20 @@ def _write(model: nn.Module, fmt: str, example: torch.Tensor, path: Path):
     onnx, ort = _onnx_modules()
     tmp = path.with_name(path.name + '.tmp')
     with torch.no_grad():
-        torch.onnx.export(model, (example,), str(tmp), input_names=['image'], output_names=['logits'], opset_version=17,
+        torch.onnx.export(model, (example,), str(tmp), input_names=['image'], output_names=['logits'],
+                          opset_version=17,
                           dynamic_axes={'image': {0: 'batch'}, 'logits': {0: 'batch'}}, dynamo=False)
     onnx.checker.check_model(str(tmp)); tmp.replace(path)
-    opts = ort.SessionOptions(); opts.intra_op_num_threads = torch.get_num_threads()   # the same threads as PyTorch
-    opts.add_session_config_entry('session.intra_op.allow_spinning', '0')   # idle threads must not steal the eager timing's CPU
+    # the same threads as PyTorch
+    opts = ort.SessionOptions(); opts.intra_op_num_threads = torch.get_num_threads()
+    # idle threads must not steal the eager timing's CPU
+    opts.add_session_config_entry('session.intra_op.allow_spinning', '0')
     sess = ort.InferenceSession(str(path), opts, providers=['CPUExecutionProvider'])
     return lambda x: sess.run(None, {'image': np.ascontiguousarray(np.asarray(x, np.float32))})[0]
 
 def _latency_ms(fns: list, xs: list, warmup: int, runs: int) -> list:
-    "Median ms per call of each `fns[i](xs[i])`, the calls interleaved so that a change of machine load hits all alike."
+    """Median ms per call of each `fns[i](xs[i])`, the calls interleaved so that a change of machine load hits
+    all alike."""
     for _ in range(warmup):
         for f, x in zip(fns, xs): f(x)
     ts = [[] for _ in fns]
@@ -78,14 +87,17 @@ def _latency_ms(fns: list, xs: list, warmup: int, runs: int) -> list:
 
 def export_model(ckpt, fmt: str = 'torchscript', size=(128, 128), out=None, batch: int = 2, tol: float = 1e-3,
                  warmup: int = 3, runs: int = 10, threads: Optional[int] = None, log=print) -> dict:
-    "Export the evaluated network of `ckpt` as `fmt` for `size` (H, W); check it against PyTorch and time both on the CPU."
+    """Export the evaluated network of `ckpt` as `fmt` for `size` (H, W); check it against PyTorch and time
+    both on the CPU."""
     if fmt not in FORMATS: raise ConfigError('format', f"unknown format {fmt!r}; valid: {', '.join(FORMATS)}")
     H, W = (int(v) for v in size)
     if threads: torch.set_num_threads(threads)
     model = deployable(ckpt)
     mult = 32                                              # the encoders downsample by up to 32
     if H < mult or W < mult or H % mult or W % mult:
-        raise ConfigError('size', f"--size {H} {W}: height and width must be multiples of {mult} (e.g. {max(mult, H // mult * mult)} "
+        raise ConfigError('size',
+                          f"--size {H} {W}: height and width must be multiples of {mult} (e.g. "
+                          f"{max(mult, H // mult * mult)} "
                                   f"{max(mult, W // mult * mult)})")
     path = Path(out) if out else Path(ckpt).with_suffix('').with_name(Path(ckpt).stem + FORMATS[fmt])
     x = torch.rand(batch, 3, H, W, generator=torch.Generator().manual_seed(0))
@@ -93,16 +105,21 @@ def export_model(ckpt, fmt: str = 'torchscript', size=(128, 128), out=None, batc
     with torch.no_grad(): ref = model(x).numpy()
     got = run(x.numpy() if fmt == 'onnx' else x)
     diff = float(np.abs(got - ref).max())
-    if not diff <= tol: raise RuntimeError(f"{path}: the exported model differs from PyTorch by {diff:.3g} (> {tol:g})")
+    if not diff <= tol:
+        raise RuntimeError(f"{path}: the exported model differs from PyTorch by {diff:.3g} (> {tol:g})")
     one = x[:1]
     def eager(v):
         with torch.no_grad(): return model(v)
     ms_exp, ms_eager = _latency_ms([run, eager], [one.numpy() if fmt == 'onnx' else one, one], warmup, runs)
-    res = dict(path=str(path), format=fmt, size=[H, W], num_classes=model.num_classes, max_abs_diff=diff, batch=batch,
-               latency_ms=ms_exp, eager_latency_ms=ms_eager, threads=torch.get_num_threads(), mb=path.stat().st_size / 2**20)
-    log(f"wrote {path} ({res['mb']:.1f} MB, {fmt}, input float32 [B,3,{H},{W}] RGB in [0,1] -> logits [B,{model.num_classes},{H},{W}])")
+    res = dict(path=str(path), format=fmt, size=[H, W], num_classes=model.num_classes, max_abs_diff=diff,
+               batch=batch,
+               latency_ms=ms_exp, eager_latency_ms=ms_eager, threads=torch.get_num_threads(),
+               mb=path.stat().st_size / 2**20)
+    log(f"wrote {path} ({res['mb']:.1f} MB, {fmt}, input float32 [B,3,{H},{W}] RGB in [0,1] -> logits "
+        f"[B,{model.num_classes},{H},{W}])")
     log(f"parity on a batch of {batch}: max abs diff {diff:.2e} vs PyTorch")
-    log(f"CPU latency per image ({res['threads']} threads, median of {runs}): {fmt} {ms_exp:.1f} ms, PyTorch eager {ms_eager:.1f} ms")
+    log(f"CPU latency per image ({res['threads']} threads, median of {runs}): {fmt} {ms_exp:.1f} ms, PyTorch "
+        f"eager {ms_eager:.1f} ms")
     return res
 
 # %% ../nbs/09a_export.ipynb #d025cfd1
@@ -114,9 +131,11 @@ def mkd_export(ckpt: str = None,        # checkpoint: a run's best.pt (or last.p
                runs: int = 20,          # timed calls per latency (the median is reported)
                threads: int = None,     # torch CPU threads for the timing
                json_out: str = None):   # write the numbers to this JSON file
-    "Export the evaluated network of a checkpoint for deployment, check it against PyTorch and time it on the CPU."
+    """Export the evaluated network of a checkpoint for deployment, check it against PyTorch and time it on
+    the CPU."""
     if not ckpt: raise ConfigError('ckpt', "--ckpt RUN/best.pt is required")
-    if not size: raise ConfigError('size', "--size H W is required (the input size the model is exported for)")
+    if not size:
+        raise ConfigError('size', "--size H W is required (the input size the model is exported for)")
     hw = list(size) if isinstance(size, (list, tuple)) else [size, size]
     if len(hw) != 2: raise ConfigError('size', f"--size takes two numbers, H and W; got {len(hw)}")
     res = export_model(ckpt, format, hw, out=out, batch=batch, runs=runs, threads=threads)

@@ -24,7 +24,8 @@ __all__ = ['mix_variant', 'draw_mix', 'StepOutput', 'paste', 'MixHP', 'Threshold
 
 # %% ../nbs/08_methods.ipynb #7f893ee3
 def mix_variant(hp) -> str:
-    "The mixing `draw_mix` uses for a method's options (`MixHP`): `cutmix`, with MKD's boxes as `cutmix_boxes` says."
+    """The mixing `draw_mix` uses for a method's options (`MixHP`): `cutmix`, with MKD's boxes as
+    `cutmix_boxes` says."""
     return 'mkd-wide' if hp.cutmix == 'mkd' and hp.cutmix_boxes == 'wide' else hp.cutmix
 
 def draw_mix(unl: dict, variant: str, labels=None):
@@ -39,10 +40,13 @@ def draw_mix(unl: dict, variant: str, labels=None):
 # %% ../nbs/08_methods.ipynb #23865555
 @dataclass
 class StepOutput:
-    "What one `step` returns: the loss to back-propagate, the scalars to log, and maps for figures and the viewer."
+    """What one `step` returns: the loss to back-propagate, the scalars to log, and maps for figures and the
+    viewer."""
     loss: torch.Tensor
-    terms: dict                          # name -> detached 0-dim tensor, logged under that name (metrics.jsonl)
-    pseudo: tuple | None = None          # (pseudo-labels, ground truth at their resolution) of the unlabeled images
+    # name -> detached 0-dim tensor, logged under that name (metrics.jsonl)
+    terms: dict
+    pseudo: tuple | None = None          # (pseudo-labels, ground truth at their resolution) of the unlabeled
+                                         # images
     mixed: torch.Tensor | None = None    # the strong mixed images the student(s) saw, detached
 
     @classmethod
@@ -63,16 +67,21 @@ def paste(mask: torch.Tensor, own: torch.Tensor, partner: torch.Tensor) -> torch
 # %% ../nbs/08_methods.ipynb #57697486
 @dataclass
 class MixHP(MethodHP):
-    "Options of the methods that mix unlabeled images: how, and at which resolution their unsupervised losses are."
-    cutmix: str = 'mkd'            # 'mkd' (3 XOR boxes, see cutmix_boxes), 'unimatch' (1 box 2-40 %, p=0.5), 'classmix', 'none'
-    cutmix_boxes: str = 'wide'     # cutmix='mkd': 'code' (each box p/3 of the crop, p~U(.25,.5), partner OUTSIDE the boxes:
-                                   # MKD/CPS code) or 'wide' (each box p, partner inside: the workbook's first reading)
+    """Options of the methods that mix unlabeled images: how, and at which resolution their unsupervised
+    losses are."""
+    cutmix: str = 'mkd'            # 'mkd' (3 XOR boxes, see cutmix_boxes), 'unimatch' (1 box 2-40 %, p=0.5),
+                                   # 'classmix', 'none'
+    cutmix_boxes: str = 'wide'     # cutmix='mkd': 'code' (each box p/3 of the crop, p~U(.25,.5), partner
+                                   # OUTSIDE the boxes:
+                                   # MKD/CPS code) or 'wide' (each box p, partner inside: the workbook's first
+                                   # reading)
     loss_stride: int = 1           # compute unsupervised losses at 1/loss_stride of the input (MKD code: 8)
     def check(self):
         super().check()
         self.one_of('cutmix', ('mkd', 'unimatch', 'classmix', 'none'))
         self.one_of('cutmix_boxes', ('code', 'wide'))
-        self.require(self.loss_stride in (1, 2, 4, 8), 'loss_stride', f"must be 1, 2, 4 or 8, got {self.loss_stride}")
+        self.require(self.loss_stride in (1, 2, 4, 8), 'loss_stride',
+                     f"must be 1, 2, 4 or 8, got {self.loss_stride}")
         return self
 
 @dataclass
@@ -81,13 +90,15 @@ class ThresholdHP(MethodHP):
     conf_thresh: float = 0.0       # tau; MKD code: none (0.0), MKD paper: 0.95, UniMatch: 0.95
     def check(self):
         super().check()
-        self.require(0.0 <= self.conf_thresh <= 1.0, 'conf_thresh', f"tau must be in [0, 1], got {self.conf_thresh}")
+        self.require(0.0 <= self.conf_thresh <= 1.0, 'conf_thresh',
+                     f"tau must be in [0, 1], got {self.conf_thresh}")
         return self
 
 @dataclass
 class TeacherHP(MethodHP):
     "How teacher networks normalise their batches."
-    teacher_bn_mode: str = 'train' # MKD code: teachers in train mode (batch statistics); 'eval' uses running stats
+    teacher_bn_mode: str = 'train' # MKD code: teachers in train mode (batch statistics); 'eval' uses running
+                                   # stats
     def check(self):
         super().check()
         self.one_of('teacher_bn_mode', ('train', 'eval'))
@@ -96,20 +107,27 @@ class TeacherHP(MethodHP):
 @dataclass
 class EMAHP(TeacherHP):
     "Teachers that follow their students as an exponential moving average (05_ema)."
-    ema_momentum: float = 0.6      # m_end; MKD code 0.6, common practice (Mean Teacher, UniMatch V2) 0.99-0.999
+    ema_momentum: float = 0.6      # m_end; MKD code 0.6, common practice (Mean Teacher, UniMatch V2)
+                                   # 0.99-0.999
     ema_buffers: bool = False      # MKD code: parameters only; common practice copies BN buffers too
-    schedule_from: int = 0         # index of the first step for the EMA momentum and the lambda ramp (MKD code: 1)
+    schedule_from: int = 0         # index of the first step for the EMA momentum and the lambda ramp (MKD
+                                   # code: 1)
     def check(self):
         super().check()
-        self.require(0.0 <= self.ema_momentum < 1.0, 'ema_momentum', f"must be in [0, 1), got {self.ema_momentum}")
-        self.require(self.schedule_from in (0, 1), 'schedule_from', f"must be 0 or 1, got {self.schedule_from}")
+        self.require(0.0 <= self.ema_momentum < 1.0, 'ema_momentum',
+                     f"must be in [0, 1), got {self.ema_momentum}")
+        self.require(self.schedule_from in (0, 1), 'schedule_from',
+                     f"must be 0 or 1, got {self.schedule_from}")
         return self
 
 @dataclass
 class SCLHP(MethodHP):
-    "Structured consistency (SCL, 07_losses), an extra term between a student and its teacher on the mixed view."
+    """Structured consistency (SCL, 07_losses), an extra term between a student and its teacher on the mixed
+    view."""
     scl_weight: float = 0.0        # 0 disables
-    scl_region: str = 'grid'       # 'grid' (pool to scl_grid x scl_grid), 'boxes' (CutMix boxes), 'sample' (random pixels)
+    scl_region: str = 'grid'       # 'grid' (pool to scl_grid x scl_grid), 'boxes' (CutMix boxes), 'sample'
+                                   # (random pixels)
+
     scl_grid: int = 32
     scl_samples: int = 1024
     def check(self):
@@ -130,7 +148,8 @@ class Method(nn.Module):
         super().__init__()
         self.cfg, self.hp, self.num_classes = cfg, cfg.method, num_classes
         self.total_iters = cfg.train.iters
-        self.register_buffer('iteration', torch.zeros((), dtype=torch.long))  # schedules follow this, so resume restores them
+        # schedules follow this, so resume restores them
+        self.register_buffer('iteration', torch.zeros((), dtype=torch.long))
         self.build()
 
     def build(self):
@@ -184,15 +203,20 @@ class Supervised(Method):
 
 # %% ../nbs/08_methods.ipynb #1f20842c
 def toy_batch(n=2, nu=2, size=32, num_classes=3, seed=0):
-    "A random (labeled, unlabeled) pair of batches in the loader's format (partner views included), for examples and tests."
+    """A random (labeled, unlabeled) pair of batches in the loader's format (partner views included), for
+    examples and tests."""
     gen = torch.Generator().manual_seed(seed)
     images = lambda k: torch.randn(k, 3, size, size, generator=gen)
     lab = {'img': images(n), 'mask': torch.randint(0, num_classes, (n, size, size), generator=gen)}
     def views(weak):
         return {'weak': weak, 'strong1': weak + 0.1 * torch.randn(weak.shape, generator=gen),
-                'strong2': weak - 0.1 * torch.randn(weak.shape, generator=gen), 'valid': torch.ones(nu, size, size, dtype=torch.bool)}
-    unl = {**views(images(nu)), 'gt': torch.randint(0, num_classes, (nu, size, size), generator=gen), 'index': torch.arange(nu)}
-    partner = views(torch.roll(unl['weak'], 3, dims=-1) + 0.05 * torch.randn(unl['weak'].shape, generator=gen))  # "another crop"
+                'strong2': weak - 0.1 * torch.randn(weak.shape, generator=gen),
+                'valid': torch.ones(nu, size, size, dtype=torch.bool)}
+    unl = {**views(images(nu)), 'gt': torch.randint(0, num_classes, (nu, size, size), generator=gen),
+           'index': torch.arange(nu)}
+    # "another crop"
+    partner = views(torch.roll(unl['weak'], 3, dims=-1) + 0.05 * torch.randn(unl['weak'].shape,
+                                                                             generator=gen))
     return lab, {**unl, **{f'{key}_partner': view for key, view in partner.items()}}
 
 # %% ../nbs/08_methods.ipynb #55dc2e83
@@ -204,7 +228,8 @@ def scl_term(hp, s_logits, t_logits, mix_mask):
 
 @dataclass
 class MeanTeacherHP(SCLHP, EMAHP, ThresholdHP, MixHP):
-    "Mean Teacher's options: its paper's slow teacher (0.99, buffers copied, eval-mode BN), the MKD/CPS code's boxes."
+    """Mean Teacher's options: its paper's slow teacher (0.99, buffers copied, eval-mode BN), the MKD/CPS
+    code's boxes."""
     cutmix_boxes: str = 'code'
     ema_momentum: float = 0.99
     ema_buffers: bool = True
@@ -249,8 +274,10 @@ class CPSHP(MixHP):
     "CPS's options: its paper's weight (VOC) and its code's targets and box generator."
     cutmix_boxes: str = 'code'     # the CPS code's boxes (MKD's code took them from it)
     lambda_cps: float = 1.5        # weight of the cross pseudo supervision; CPS paper (VOC) and code 1.5
-    cps_targets: str = 'unmixed'   # 'unmixed' = the other student's no-grad logits on the unmixed weak view, mixed with the
-                                   # same mask (CPS code); 'mixed' = its argmax on the mixed image itself (MKD's CPS term)
+    cps_targets: str = 'unmixed'   # 'unmixed' = the other student's no-grad logits on the unmixed weak view,
+                                   # mixed with the
+                                   # same mask (CPS code); 'mixed' = its argmax on the mixed image itself
+                                   # (MKD's CPS term)
     def check(self):
         super().check()
         self.one_of('cps_targets', ('unmixed', 'mixed'))
@@ -265,7 +292,8 @@ class CPS(Method):
         self.s1, self.s2 = self.new_net(0), self.new_net(1)
     def students(self): return [self.s1, self.s2]
     def passes(self, nl, nu):
-        targets = [(self.s1, nu, False, 0.0), (self.s2, nu, False, 0.0)] if self.hp.cps_targets == 'unmixed' else []
+        targets = [(self.s1, nu, False, 0.0),
+                   (self.s2, nu, False, 0.0)] if self.hp.cps_targets == 'unmixed' else []
         return targets + [(self.s1, nl + nu, True, 0.0), (self.s2, nl + nu, True, 0.0)]
 
     def step(self, lab, unl):
@@ -298,28 +326,36 @@ class UniMatchHP(ThresholdHP, MixHP):
     cutmix: str = 'unimatch'
     conf_thresh: float = 0.95
     fp_dropout: float = 0.5        # Dropout2d on encoder features for the feature-perturbation stream
-    halve_loss: bool = True        # UniMatch code: the whole loss / 2 (half the step of the other methods at one LR)
-    mix_partner: str = 'second_view'  # whose pixels fill each strong view's box: 'second_view' (UniMatch code: another
-                                      # crop of the same image, labeled by an eval-mode pass; needs data.partner_views)
-                                      # or 'batch' (another image of the batch, labeled by the train-mode weak pass)
+    halve_loss: bool = True        # UniMatch code: the whole loss / 2 (half the step of the other methods at
+                                   # one LR)
+    mix_partner: str = 'second_view'  # whose pixels fill each strong view's box: 'second_view' (UniMatch
+                                      # code: another
+                                      # crop of the same image, labeled by an eval-mode pass; needs
+                                      # data.partner_views)
+                                      # or 'batch' (another image of the batch, labeled by the train-mode weak
+                                      # pass)
     def check(self):
         super().check()
         self.require(0 <= self.fp_dropout < 1, 'fp_dropout', f"must be in [0, 1), got {self.fp_dropout}")
         self.one_of('mix_partner', ('second_view', 'batch'))
         self.require(not (self.mix_partner == 'second_view' and self.cutmix == 'classmix'), 'mix_partner',
-                     "cutmix='classmix' picks classes of another image of the batch: use mix_partner='batch' with it")
+                     "cutmix='classmix' picks classes of another image of the batch: use mix_partner='batch' "
+                     "with it")
         return self
 
 @register_method
 class UniMatch(Method):
     "Weak->strong consistency with two strong views and feature perturbation."
     name, HP = 'unimatch', UniMatchHP
-    data_defaults = dict(partner_views=True)   # the code's CutMix partner: a second view of each unlabeled image
+    # the code's CutMix partner: a second view of each unlabeled image
+    data_defaults = dict(partner_views=True)
     partner_keys = ('weak_partner', 'strong1_partner', 'strong2_partner', 'valid_partner')
     def build(self):
         if self.hp.mix_partner == 'second_view' and not self.cfg.data.partner_views:
-            raise ConfigError('method.mix_partner', "'second_view' needs data.partner_views=true (make_config('unimatch') "
-                              "sets it); a run folder written before mix_partner existed ran with 'batch': add "
+            raise ConfigError('method.mix_partner',
+                              "'second_view' needs data.partner_views=true (make_config('unimatch') "
+                              "sets it); a run folder written before mix_partner existed ran with 'batch': "
+                              "add "
                               "\"mix_partner\": \"batch\" to the method section of its config.json")
         self.net = self.new_net()
     def students(self): return [self.net]
@@ -329,17 +365,20 @@ class UniMatch(Method):
 
     @torch.no_grad()
     def partner_logits(self, unl):
-        "The code's partner targets: the network in eval mode (running BN statistics, no dropout) on the partner weak view."
+        """The code's partner targets: the network in eval mode (running BN statistics, no dropout) on the
+        partner weak view."""
         missing = [key for key in self.partner_keys if key not in unl]
         if missing: raise ValueError(f"unimatch: mix_partner='second_view' needs the unlabeled batch's "
-                                     f"{', '.join(missing)} (data.partner_views=true), or set mix_partner='batch'")
+                                     f"{', '.join(missing)} (data.partner_views=true), or set "
+                                     "mix_partner='batch'")
         was_training = self.net.training
         self.net.eval()
         try: return self.net(unl['weak_partner'], out_stride=self.loss_stride).logits
         finally: self.net.train(was_training)
 
     def cutmix(self, box, unl, view, weak_pseudo, weak_valid, partner_logits):
-        "Strong `view` with its box filled from the partner; targets, their validity and ground truth mixed alike."
+        """Strong `view` with its box filled from the partner; targets, their validity and ground truth mixed
+        alike."""
         mask, perm = box
         if partner_logits is None:   # another image of the batch, labeled by this step's weak pass
             mixed, gt = mix(mask, perm, unl[view], unl['gt'])
@@ -347,9 +386,11 @@ class UniMatch(Method):
         else:                        # the second view of the same image, labeled by the eval-mode pass
             partner_valid = labels_at(unl['valid_partner'].long(), weak_valid.shape[-2:]).bool()
             partner_pseudo, _ = pseudo_labels(partner_logits, self.hp.conf_thresh, partner_valid)
-            pairs = ((unl[view], unl[f'{view}_partner']), (weak_pseudo, partner_pseudo), (weak_valid, partner_valid))
+            pairs = ((unl[view], unl[f'{view}_partner']), (weak_pseudo, partner_pseudo),
+                     (weak_valid, partner_valid))
             mixed, pseudo, valid = (paste(mask, own, partner) for own, partner in pairs)
-            gt = paste(mask, unl['gt'], torch.full_like(unl['gt'], IGNORE_INDEX))   # the partner's labels: not loaded
+            # the partner's labels: not loaded
+            gt = paste(mask, unl['gt'], torch.full_like(unl['gt'], IGNORE_INDEX))
         return mixed, pseudo, valid, labels_at(gt, pseudo.shape[-2:])
 
     def step(self, lab, unl):
@@ -377,38 +418,51 @@ class UniMatch(Method):
 
 # %% ../nbs/08_methods.ipynb #25e162c1
 def resize_to(t: torch.Tensor, size, stride: int) -> torch.Tensor:
-    "Map `t` [B,C,h,w] bilinearly resized to 1/stride of the input `size` (h, w), as the code's `resize`; unchanged if already there."
+    """Map `t` [B,C,h,w] bilinearly resized to 1/stride of the input `size` (h, w), as the code's `resize`;
+    unchanged if already there."""
     target = (math.ceil(size[0] / stride), math.ceil(size[1] / stride))
     if tuple(t.shape[-2:]) == target: return t
     return F.interpolate(t, size=target, mode='bilinear', align_corners=False)
 
 def decoder_maps(net: SegNet, x: torch.Tensor) -> SegOutput:
-    "`SegOutput(logits, features)` of `net` on `x` at the decoder's resolution (1/4 for DeepLabV3+), padding cropped."
+    """`SegOutput(logits, features)` of `net` on `x` at the decoder's resolution (1/4 for DeepLabV3+), padding
+    cropped."""
     xp = net._pad(x)
     z = net.decode(net.encode(xp))
-    h = math.ceil(x.shape[-2] * z.shape[-2] / xp.shape[-2]); w = math.ceil(x.shape[-1] * z.shape[-1] / xp.shape[-1])
+    h = math.ceil(x.shape[-2] * z.shape[-2] / xp.shape[-2])
+    w = math.ceil(x.shape[-1] * z.shape[-1] / xp.shape[-1])
     z = z[..., :h, :w]
     return SegOutput(net.classify(z), z)
 
 @dataclass
 class MKDHP(SCLHP, EMAHP, ThresholdHP, MixHP):
-    "MKD's options: each term-by-term choice defaults to the code's value (the other: the workbook's first reading)."
+    """MKD's options: each term-by-term choice defaults to the code's value (the other: the workbook's first
+    reading)."""
     cutmix_boxes: str = 'code'
     loss_stride: int = 8
     schedule_from: int = 1
     pseudo_on_labeled: bool = True # MKD code applies the pseudo-label terms to labeled+unlabeled images
-    pseudo_void: bool = True       # True keeps void/padding pixels of labeled images in the pseudo-label terms (code)
-    sup_logits: str = 'raw'        # supervised CE on 'raw' logits at input resolution (code) or 'augmented' ones at the loss stride
-    conf_source: str = 'raw'       # tau > 0: confidence from the teacher's 'raw' logits (code) or its 'augmented' ones
-    pseudo_norm: str = 'kept'      # mutual CE averaged over the pixels that pass tau ('kept', code) or over all 'valid' ones
-    stats_at: str = 'loss'         # class statistics from features at the 'loss' resolution (code) or the decoder's 'features'
-    stats_updates: str = 'twice'   # 'twice' per step and network (labeled, then unlabeled: code) or 'once' (the whole batch)
-    teacher_stats_on: str = 'mixed'  # teachers' maps mixed before statistics and downsampling ('mixed', code) or after ('weak')
+    pseudo_void: bool = True       # True keeps void/padding pixels of labeled images in the pseudo-label
+                                   # terms (code)
+    sup_logits: str = 'raw'        # supervised CE on 'raw' logits at input resolution (code) or 'augmented'
+                                   # ones at the loss stride
+    conf_source: str = 'raw'       # tau > 0: confidence from the teacher's 'raw' logits (code) or its
+                                   # 'augmented' ones
+    pseudo_norm: str = 'kept'      # mutual CE averaged over the pixels that pass tau ('kept', code) or over
+                                   # all 'valid' ones
+    stats_at: str = 'loss'         # class statistics from features at the 'loss' resolution (code) or the
+                                   # decoder's 'features'
+    stats_updates: str = 'twice'   # 'twice' per step and network (labeled, then unlabeled: code) or 'once'
+                                   # (the whole batch)
+    teacher_stats_on: str = 'mixed'  # teachers' maps mixed before statistics and downsampling ('mixed', code)
+                                     # or after ('weak')
     lambda_cross: float = 1.5      # mutual term (teacher of the other branch); MKD code 1.5
     lambda_cps: float = 1.0        # cross pseudo supervision between students; MKD code 1.0
     mutual: bool = True            # False: each student is taught by its own teacher (ablation)
-    lean_passes: bool = False      # True: 6 forwards per step; False: the official 8 (teachers also on labeled images)
-    eval_net: str = 'student1'     # 'student1' (MKD code), 'teacher1', 'teachers' (average of the two teachers)
+    lean_passes: bool = False      # True: 6 forwards per step; False: the official 8 (teachers also on
+                                   # labeled images)
+    eval_net: str = 'student1'     # 'student1' (MKD code), 'teacher1', 'teachers' (average of the two
+                                   # teachers)
     feature_aug: bool = True       # ISDA-style feature augmentation
     feature_aug_on: str = 'students,teachers'  # MKD code: all four networks ('students+teachers' is the same)
     lambda_fa_max: float = 1.5     # cosine ramp to this value over training
@@ -416,7 +470,8 @@ class MKDHP(SCLHP, EMAHP, ThresholdHP, MixHP):
     def __post_init__(self):
         super().__post_init__()
         if isinstance(self.feature_aug_on, str):   # one spelling, so that stored configs compare equal
-            self.feature_aug_on = ','.join(p.strip() for p in self.feature_aug_on.replace('+', ',').split(','))
+            self.feature_aug_on = ','.join(p.strip()
+                                           for p in self.feature_aug_on.replace('+', ',').split(','))
 
     def check(self):
         super().check()
@@ -434,66 +489,81 @@ class MKDHP(SCLHP, EMAHP, ThresholdHP, MixHP):
 
 @register_method
 class MKD(Method):
-    "Mutual knowledge distillation: two students, two EMA teachers, cross-branch pseudo-labels, CPS, feature augmentation."
+    """Mutual knowledge distillation: two students, two EMA teachers, cross-branch pseudo-labels, CPS, feature
+    augmentation."""
     name, HP = 'mkd', MKDHP
-    data_defaults = dict(weak_photometric=True)   # the code's photometric distortion of labeled images, weak views
+    # the code's photometric distortion of labeled images, weak views
+    data_defaults = dict(weak_photometric=True)
     def build(self):
         self.s1, self.s2 = self.new_net(0), self.new_net(1)
         self.t1, self.t2 = make_teacher(self.s1), make_teacher(self.s2)
         on = {p.strip() for p in self.hp.feature_aug_on.split(',')} if self.hp.feature_aug else set()
         self.fa_students, self.fa_teachers = 'students' in on, 'teachers' in on
-        self.stats = nn.ModuleList([ClassStats(self.num_classes, self.s1.feat_dim) for _ in range(4)])  # S1, S2, T1, T2
-        self.keep_maps = False   # True: each step keeps its network maps, mask and targets in `self.last` (figures, tests)
+        # S1, S2, T1, T2
+        self.stats = nn.ModuleList([ClassStats(self.num_classes, self.s1.feat_dim) for _ in range(4)])
+        # True: each step keeps its network maps, mask and targets in `self.last` (figures, tests)
+        self.keep_maps = False
         self.last = {}
 
     def students(self): return [self.s1, self.s2]
     def teachers(self): return [self.t1, self.t2]
-    def eval_nets(self): return {'student1': [self.s1], 'teacher1': [self.t1], 'teachers': [self.t1, self.t2]}[self.hp.eval_net]
+    def eval_nets(self):
+        return {'student1': [self.s1], 'teacher1': [self.t1],
+                'teachers': [self.t1, self.t2]}[self.hp.eval_net]
     def passes(self, nl, nu):
         tn = nu if self.hp.lean_passes else nl + nu
-        return [(self.t1, tn, False, 0.0), (self.t2, tn, False, 0.0), (self.s1, nl + nu, True, 0.0), (self.s2, nl + nu, True, 0.0)]
+        return [(self.t1, tn, False, 0.0), (self.t2, tn, False, 0.0), (self.s1, nl + nu, True, 0.0),
+                (self.s2, nl + nu, True, 0.0)]
     @property
     def lam(self): return cosine_ramp(self.t + self.hp.schedule_from, self.total_iters, self.hp.lambda_fa_max)
 
     def stats_feats(self, z, size):
-        "Features the class statistics see: resized to the loss resolution when that is coarser (`stats_at='loss'`), else as decoded."
+        """Features the class statistics see: resized to the loss resolution when that is coarser
+        (`stats_at='loss'`), else as decoded."""
         s = self.loss_stride
         coarser = math.ceil(size[0] / s) < z.shape[-2]
         return resize_to(z, size, s) if self.hp.stats_at == 'loss' and coarser else z
 
     def augment(self, k, net, logits, z, y, nl=0):
-        "Feature-augment network k's logits with labels y (255 = leave alone); statistics updated first, per part when 'twice'."
+        """Feature-augment network k's logits with labels y (255 = leave alone); statistics updated first, per
+        part when 'twice'."""
         W = net.classifier.weight.detach().flatten(1)
         def one(lo, zz, yy):
             self.stats[k].update(zz.detach().float(), labels_at(yy, zz.shape[-2:]))
             return isda_logits(lo, yy, W, self.stats[k].var, self.lam)
-        if self.hp.stats_updates == 'twice' and 0 < nl < len(y):   # labeled first; its logits see the state after that update
+        # labeled first; its logits see the state after that update
+        if self.hp.stats_updates == 'twice' and 0 < nl < len(y):
             return torch.cat([one(logits[:nl], z[:nl], y[:nl]), one(logits[nl:], z[nl:], y[nl:])])
         return one(logits, z, y)
 
     def teacher_targets(self, k, net, maps, m, perm, y_lab, nl, size):
-        "Teacher k's (augmented, raw) logits at the loss resolution; the unlabeled part mixed like the student's input."
+        """Teacher k's (augmented, raw) logits at the loss resolution; the unlabeled part mixed like the
+        student's input."""
         o, s = self.hp, self.loss_stride
         L, Z = maps.logits, maps.features
-        if o.teacher_stats_on == 'mixed':      # code: mix the decoder's maps first, then downsample, then statistics
+        # code: mix the decoder's maps first, then downsample, then statistics
+        if o.teacher_stats_on == 'mixed':
             Lu, Zu = mix(m, perm, L[nl:], Z[nl:])
             L, Z = torch.cat([L[:nl], Lu]), torch.cat([Z[:nl], Zu])
         raw = resize_to(L, size, s)
         y = torch.cat([y_lab, raw[nl:].argmax(1)]) if nl else raw.argmax(1)
         aug = self.augment(k, net, raw, self.stats_feats(Z, size), y, nl) if self.fa_teachers else raw
-        if o.teacher_stats_on == 'weak':       # first version: statistics and augmentation on the weak view, mixed afterwards
+        # first version: statistics and augmentation on the weak view, mixed afterwards
+        if o.teacher_stats_on == 'weak':
             aug, raw = (torch.cat([t[:nl], mix(m, perm, t[nl:])[0]]) for t in (aug, raw))
         return aug, raw
 
     def student_logits(self, k, net, maps, lab_labels, n_lab, size):
-        "Student k's logits at the loss resolution, feature-augmented with the labels and, on mixed images, its own argmax."
+        """Student k's logits at the loss resolution, feature-augmented with the labels and, on mixed images,
+        its own argmax."""
         logits = resize_to(maps.logits, size, self.loss_stride)
         if not self.fa_students: return logits
         labels = torch.cat([lab_labels, logits[n_lab:].detach().argmax(1)])
         return self.augment(k, net, logits, self.stats_feats(maps.features, size), labels, n_lab)
 
     def pseudo_targets(self, augmented, raw, valid):
-        "A teacher's hard targets: its augmented argmax where valid and confident (confidence per `conf_source`)."
+        """A teacher's hard targets: its augmented argmax where valid and confident (confidence per
+        `conf_source`)."""
         conf = (raw if self.hp.conf_source == 'raw' else augmented).float().softmax(1).amax(1)
         return torch.where(valid & (conf >= self.hp.conf_thresh), augmented.argmax(1), IGNORE_INDEX)
 
@@ -578,9 +648,11 @@ def show_step(method: Method, lab: dict, unl: dict, out: StepOutput | None = Non
     fig = Figure(figsize=(8, 2 * n))
     axs = fig.subplots(n, 4, squeeze=False)
     for i in range(n):
-        panels = [denormalize(unl['weak'][i]).permute(1, 2, 0).clamp(0, 1), denormalize(out.mixed[i]).permute(1, 2, 0).clamp(0, 1),
+        panels = [denormalize(unl['weak'][i]).permute(1, 2, 0).clamp(0, 1),
+                  denormalize(out.mixed[i]).permute(1, 2, 0).clamp(0, 1),
                   colorize(pl[i].cpu(), pal), (pl[i] != IGNORE_INDEX).cpu().float()]
-        for ax, img, title in zip(axs[i], panels, ['weak view', 'strong mixed view', 'pseudo-labels', 'kept (conf >= tau)']):
+        for ax, img, title in zip(axs[i], panels,
+                                  ['weak view', 'strong mixed view', 'pseudo-labels', 'kept (conf >= tau)']):
             ax.imshow(img, cmap='gray', vmin=0, vmax=1, interpolation='nearest'); ax.set_axis_off()
             if i == 0: ax.set_title(title, fontsize=9)
     fig.suptitle(method.name); fig.tight_layout()

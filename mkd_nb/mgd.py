@@ -24,11 +24,13 @@ __all__ = ['freeze_teacher', 'weights_fingerprint', 'load_teacher', 'MGDHP', 'MG
 
 # %% ../nbs/08a_mgd.ipynb #593a0d57
 def freeze_teacher(net: nn.Module) -> nn.Module:
-    "Make `net` a fixed teacher: no gradients, and BatchNorm never updates its running statistics (even in train mode)."
+    """Make `net` a fixed teacher: no gradients, and BatchNorm never updates its running statistics (even in
+    train mode)."""
     for p in net.parameters():
         p.requires_grad_(False); p.grad = None
     for m in net.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm): m.track_running_stats = False   # train mode: batch stats, buffers untouched
+        # train mode: batch stats, buffers untouched
+        if isinstance(m, nn.modules.batchnorm._BatchNorm): m.track_running_stats = False
     return net.eval()
 
 def weights_fingerprint(net: nn.Module) -> str:
@@ -40,15 +42,20 @@ def weights_fingerprint(net: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 def load_teacher(path, num_classes: int, role: str = 'deep') -> SegNet:
-    "The frozen teacher network in checkpoint `path` (its `eval_nets[0]`); errors name the config field and the file."
+    """The frozen teacher network in checkpoint `path` (its `eval_nets[0]`); errors name the config field and
+    the file."""
     field = f'method.teacher_{role}'
-    if not path: raise ConfigError(field, f"MGD needs a checkpoint of the {role} teacher (mkd-train --teacher-{role} CKPT)")
+    if not path:
+        raise ConfigError(field,
+                          f"MGD needs a checkpoint of the {role} teacher (mkd-train --teacher-{role} CKPT)")
     try:
         ck = load_checkpoint(path)
-        if not ck.get('eval_nets'): raise CheckpointError(path, "has no evaluation network ('eval_nets' is empty)")
+        if not ck.get('eval_nets'):
+            raise CheckpointError(path, "has no evaluation network ('eval_nets' is empty)")
         k = int(ck.get('num_classes', -1))
         if k != num_classes:
-            raise ConfigError(field, f"checkpoint {path} predicts {k} classes but the data has {num_classes}: "
+            raise ConfigError(field,
+                              f"checkpoint {path} predicts {k} classes but the data has {num_classes}: "
                                      f"the {role} teacher must be trained on the same classes")
         net = eval_model_from_checkpoint({**ck, 'eval_nets': ck['eval_nets'][:1]})
     except (FileNotFoundError, CheckpointError) as e:
@@ -56,21 +63,25 @@ def load_teacher(path, num_classes: int, role: str = 'deep') -> SegNet:
     freeze_teacher(net)
     cfg = ck.get('config') or {}
     net.source = {'path': str(path), 'role': role, 'encoder': net.encoder_name, 'arch': net.arch,
-                  'trained_by': (cfg.get('method') or {}).get('name'), 'iter': ck.get('iter'), 'fingerprint': weights_fingerprint(net)}
+                  'trained_by': (cfg.get('method') or {}).get('name'), 'iter': ck.get('iter'),
+                  'fingerprint': weights_fingerprint(net)}
     return net
 
 # %% ../nbs/08a_mgd.ipynb #f7469c9c
 @dataclass
 class MGDHP(TeacherHP, MixHP):
-    "MGD's options: the two frozen teachers, the weights of the image and region levels, a switch per level (ablations)."
+    """MGD's options: the two frozen teachers, the weights of the image and region levels, a switch per level
+    (ablations)."""
     cutmix_boxes: str = 'code'
     teacher_bn_mode: str = 'eval'
     pseudo_void: bool = True       # True keeps void/padding pixels of labeled images in the pixel term (code)
     teacher_deep: Optional[str] = None   # checkpoint of the deep teacher
     teacher_wide: Optional[str] = None   # checkpoint of the wide teacher
-    lambda_img: float = 0.084      # lambda1 (image level) for img_loss_norm='mean': the code's 0.002 (VOC R18, a SUM over its
+    lambda_img: float = 0.084      # lambda1 (image level) for img_loss_norm='mean': the code's 0.002 (VOC
+                                   # R18, a SUM over its
                                    # per-GPU batch of 2 x 21 classes) x 2 x 21; see 07_losses
-    img_loss_norm: str = 'mean'    # 'mean' (/ batch x classes) or 'sum' (MGD code; then lambda_img = 0.002 VOC R18,
+    img_loss_norm: str = 'mean'    # 'mean' (/ batch x classes) or 'sum' (MGD code; then lambda_img = 0.002
+                                   # VOC R18,
                                    # 0.0005 VOC MBv2, 0.001 Cityscapes R18)
     lambda_region: float = 100.0   # lambda2 (region level); MGD code VOC ResNet-18
     mgd_grid: int = 7              # region pooling grid
@@ -90,7 +101,8 @@ class MGDHP(TeacherHP, MixHP):
 
 @register_method
 class MGD(Method):
-    "Multi-granularity distillation: one student, a frozen deep and a frozen wide teacher; pixel, image and region terms."
+    """Multi-granularity distillation: one student, a frozen deep and a frozen wide teacher; pixel, image and
+    region terms."""
     name, HP = 'mgd', MGDHP
     def build(self):
         o = self.hp
@@ -121,18 +133,23 @@ class MGD(Method):
         for k, src in ((state or {}).get('teachers') or {}).items():
             now = self._frozen[k].source
             if src.get('fingerprint') != now['fingerprint']:
-                raise ConfigError(f'method.teacher_{k}', f"the {k} teacher in {now['path']} (weights {now['fingerprint']}) is not the one "
-                                                         f"this run was trained with ({src.get('path')}, weights {src.get('fingerprint')})")
+                raise ConfigError(f'method.teacher_{k}',
+                                  f"the {k} teacher in {now['path']} (weights {now['fingerprint']}) is not "
+                                  "the one "
+                                                         f"this run was trained with ({src.get('path')}, "
+                                                         f"weights {src.get('fingerprint')})")
 
     def passes(self, nl, nu):
         o, ps = self.hp, []
-        if o.use_pixel or o.cutmix == 'classmix': ps += [(self.deep, nl + nu, False, 0.0), (self.wide, nl + nu, False, 0.0)]
+        if o.use_pixel or o.cutmix == 'classmix':
+            ps += [(self.deep, nl + nu, False, 0.0), (self.wide, nl + nu, False, 0.0)]
         if o.use_img: ps.append((self.deep, nu, False, 0.0))
         if o.use_region: ps.append((self.wide, nu, False, 0.0))
         return ps + [(self.student, nl + nu, True, 0.0)]
 
     def parts(self, lab: dict, unl: dict) -> dict:
-        "Every tensor one step uses: teacher outputs (no gradients), the mix, the student's logits and features."
+        """Every tensor one step uses: teacher outputs (no gradients), the mix, the student's logits and
+        features."""
         o, s, nl = self.hp, self.loss_stride, len(lab['img'])
         x_l, x_u = lab['img'], unl['weak']
         P = {}
@@ -148,10 +165,13 @@ class MGD(Method):
         out = self.student(torch.cat([x_l, x_mix]), need_feats=o.use_region, out_stride=s)
         logits, z = out.logits, out.features
         size = logits.shape[-2:]
-        P.update(mask=m, perm=perm, x_mix=x_mix, s_l=logits[:nl], s_mix=logits[nl:], z_mix=None if z is None else z[nl:],
-                 y_l=labels_at(lab['mask'], size), v_mix=labels_at(v_mix.long(), size).bool(), gt_mix=labels_at(gt_mix, size))
+        P.update(mask=m, perm=perm, x_mix=x_mix, s_l=logits[:nl], s_mix=logits[nl:],
+                 z_mix=None if z is None else z[nl:],
+                 y_l=labels_at(lab['mask'], size), v_mix=labels_at(v_mix.long(), size).bool(),
+                 gt_mix=labels_at(gt_mix, size))
         if 'td_u' in P:
-            P['td_mix'], P['tw_mix'] = mix(m, perm, P['td_u'], P['tw_u'])   # teachers' source logits, mixed like x_mix
+            # teachers' source logits, mixed like x_mix
+            P['td_mix'], P['tw_mix'] = mix(m, perm, P['td_u'], P['tw_u'])
         return P
 
     def terms(self, P: dict) -> dict:
@@ -160,13 +180,15 @@ class MGD(Method):
         T = {'sup': ce_loss(P['s_l'], P['y_l'])}
         if o.use_pixel:
             T['pixel'] = (mgd_pixel_loss(P['s_mix'], [P['tw_mix'], P['td_mix']], P['v_mix'])
-                          + mgd_pixel_loss(P['s_l'], [P['tw_l'], P['td_l']], None if o.pseudo_void else P['y_l'] != IGNORE_INDEX))
+                          + mgd_pixel_loss(P['s_l'], [P['tw_l'], P['td_l']],
+                                           None if o.pseudo_void else P['y_l'] != IGNORE_INDEX))
         if o.use_img: T['img'] = o.lambda_img * mgd_image_loss(P['s_mix'], P['td_on_mix'], o.img_loss_norm)
         if o.use_region: T['region'] = o.lambda_region * mgd_region_loss(P['z_mix'], P['zw_mix'], o.mgd_grid)
         return T
 
     def step(self, lab, unl):
-        if unl is None: raise ValueError("mgd: needs an unlabeled batch (the Trainer gives one when needs_unlabeled)")
+        if unl is None:
+            raise ValueError("mgd: needs an unlabeled batch (the Trainer gives one when needs_unlabeled)")
         parts = self.parts(lab, unl)                  # network passes
         terms = self.terms(parts)                     # losses
         valid, logs, pseudo = parts['v_mix'], {}, None
@@ -180,7 +202,8 @@ class MGD(Method):
 
 # %% ../nbs/08a_mgd.ipynb #ef71283e
 def mgd_figures(method: MGD, lab: dict, unl: dict, i: int = 0, palette=None) -> dict:
-    "Figures (matplotlib `Figure`s) of one MGD step for unlabeled image `i`: 'mix', 'image', 'region', 'pixel'."
+    """Figures (matplotlib `Figure`s) of one MGD step for unlabeled image `i`: 'mix', 'image', 'region',
+    'pixel'."""
     from mkd_nb.core import NotebookFigure as Figure
     from mkd_nb.augment import denormalize
     from mkd_nb.data import colorize, _bit_palette
@@ -192,11 +215,14 @@ def mgd_figures(method: MGD, lab: dict, unl: dict, i: int = 0, palette=None) -> 
     figs = {}
     if 'td_mix' in P:   # the teachers on the mixed image, from their source logits
         fig = Figure(figsize=(11, 2.3)); axs = fig.subplots(1, 6)
-        panels = [(rgb(unl['weak'][i]), 'source image'), (rgb(unl['weak'][j]), 'partner image'), (P['mask'][i].float().cpu().numpy(), 'CutMix mask'),
-                  (rgb(P['x_mix'][i]), 'x_mix (student input)'), (lbl(P['td_mix'][i].argmax(0)), 'deep teacher argmax'),
+        panels = [(rgb(unl['weak'][i]), 'source image'), (rgb(unl['weak'][j]), 'partner image'),
+                  (P['mask'][i].float().cpu().numpy(), 'CutMix mask'),
+                  (rgb(P['x_mix'][i]), 'x_mix (student input)'),
+                  (lbl(P['td_mix'][i].argmax(0)), 'deep teacher argmax'),
                   (lbl(P['tw_mix'][i].argmax(0)), 'wide teacher argmax')]
         for ax, (im, t) in zip(axs, panels):
-            ax.imshow(im, cmap='gray', interpolation='nearest'); ax.set_title(t, fontsize=8); ax.set_axis_off()
+            ax.imshow(im, cmap='gray', interpolation='nearest'); ax.set_title(t, fontsize=8)
+            ax.set_axis_off()
         fig.tight_layout(); figs['mix'] = fig
     if 'td_on_mix' in P:   # image level: the pooled logits
         s, t = P['s_mix'][i].float().mean((1, 2)).cpu(), P['td_on_mix'][i].float().mean((1, 2)).cpu()
@@ -204,7 +230,8 @@ def mgd_figures(method: MGD, lab: dict, unl: dict, i: int = 0, palette=None) -> 
         k = torch.arange(len(s))
         ax.bar(k - 0.2, s, 0.4, label='student'); ax.bar(k + 0.2, t, 0.4, label='deep teacher')
         ax.set_xticks(k.tolist()); ax.set_xlabel('class'); ax.set_ylabel('mean logit (GAP)')
-        ax.set_title(f'image level: L1 = {float((s - t).abs().sum()):.3f} (sum over classes)', fontsize=9); ax.legend(fontsize=7)
+        ax.set_title(f'image level: L1 = {float((s - t).abs().sum()):.3f} (sum over classes)', fontsize=9)
+        ax.legend(fontsize=7)
         fig.tight_layout(); figs['image'] = fig
     if 'zw_mix' in P:   # region level: 49x49 self-similarities
         import torch.nn.functional as F
@@ -214,17 +241,26 @@ def mgd_figures(method: MGD, lab: dict, unl: dict, i: int = 0, palette=None) -> 
             return (v.T @ v).cpu()
         ss, st = sim(P['z_mix']), sim(P['zw_mix'])
         fig = Figure(figsize=(9, 2.8)); axs = fig.subplots(1, 3)
-        for ax, (mat, t, cm) in zip(axs, [(ss, f'student ({P["z_mix"].shape[1]} ch)', 'viridis'), (st, f'wide teacher ({P["zw_mix"].shape[1]} ch)', 'viridis'),
+        for ax, (mat, t, cm) in zip(axs,
+                                    [(ss, f'student ({P["z_mix"].shape[1]} ch)', 'viridis'),
+                                     (st, f'wide teacher ({P["zw_mix"].shape[1]} ch)', 'viridis'),
                                            ((ss - st) ** 2, 'squared difference', 'magma')]):
-            im = ax.imshow(mat, cmap=cm, interpolation='nearest'); ax.set_title(t, fontsize=8); ax.set_xlabel(f'region ({g}x{g} grid, row-major)', fontsize=7); fig.colorbar(im, ax=ax, shrink=0.8)
-        fig.suptitle(f'region level: cosine self-similarity of {g}x{g} pooled features, MSE = {float(((ss - st) ** 2).mean()):.4f}', fontsize=9)
+            im = ax.imshow(mat, cmap=cm, interpolation='nearest'); ax.set_title(t, fontsize=8)
+            ax.set_xlabel(f'region ({g}x{g} grid, row-major)', fontsize=7)
+            fig.colorbar(im, ax=ax, shrink=0.8)
+        fig.suptitle(f'region level: cosine self-similarity of {g}x{g} pooled features, MSE = '
+                     f'{float(((ss - st) ** 2).mean()):.4f}', fontsize=9)
         fig.tight_layout(); figs['region'] = fig
     if 'td_mix' in P:   # pixel level: the two teachers' pseudo-labels, and where they disagree
         pd, pw = P['td_mix'][i].argmax(0), P['tw_mix'][i].argmax(0)
         fig = Figure(figsize=(9, 2.4)); axs = fig.subplots(1, 4)
-        for ax, (im, t) in zip(axs, [(lbl(P['gt_mix'][i]), 'hidden ground truth'), (lbl(pd), 'pseudo-labels T_D'), (lbl(pw), 'pseudo-labels T_W'),
-                                     ((pd != pw).float().cpu().numpy(), f'teachers disagree ({100 * float((pd != pw).float().mean()):.0f} %)')]):
-            ax.imshow(im, cmap='gray', vmin=0, vmax=1, interpolation='nearest'); ax.set_title(t, fontsize=8); ax.set_axis_off()
+        for ax, (im, t) in zip(axs,
+                               [(lbl(P['gt_mix'][i]), 'hidden ground truth'), (lbl(pd), 'pseudo-labels T_D'),
+                                (lbl(pw), 'pseudo-labels T_W'),
+                                ((pd != pw).float().cpu().numpy(),
+                                 f'teachers disagree ({100 * float((pd != pw).float().mean()):.0f} %)')]):
+            ax.imshow(im, cmap='gray', vmin=0, vmax=1, interpolation='nearest'); ax.set_title(t, fontsize=8)
+            ax.set_axis_off()
         fig.tight_layout(); figs['pixel'] = fig
     return figs
 
@@ -243,5 +279,5 @@ def net_cost(net: nn.Module, size=(180, 240)) -> dict:
             with FlopCounterMode(display=False) as fc: net.encode(net._pad(x))
             enc = fc.get_total_flops()
     finally: net.train(was)
-    return {'params': param_count(net), 'enc_params': param_count(net.encoder), 'flops': int(total), 'enc_flops': int(enc),
-            'size': tuple(size)}
+    return {'params': param_count(net), 'enc_params': param_count(net.encoder), 'flops': int(total),
+            'enc_flops': int(enc), 'size': tuple(size)}

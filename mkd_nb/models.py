@@ -24,7 +24,8 @@ __all__ = ['ARCH_NAMES', 'CKPT_FORMAT', 'check_encoder_name', 'load_encoder_weig
 ARCH_NAMES = ('deeplabv3plus', 'unet')
 
 def check_encoder_name(name: str) -> str:
-    "Return `name` if smp can build it (smp encoder or `tu-<timm model>`), else raise `ConfigError` listing valid names."
+    """Return `name` if smp can build it (smp encoder or `tu-<timm model>`), else raise `ConfigError` listing
+    valid names."""
     import segmentation_models_pytorch as smp
     if not isinstance(name, str) or not name:
         raise ConfigError('model.encoder', f"must be a non-empty string, got {name!r}")
@@ -38,8 +39,12 @@ def check_encoder_name(name: str) -> str:
         return name
     names = smp.encoders.get_encoder_names()
     if name not in names:
-        some = ['resnet18', 'resnet50', 'resnet101', 'mobilenet_v2'] + [n for n in names if n not in ('resnet18', 'resnet50', 'resnet101', 'mobilenet_v2')][:10]
-        raise ConfigError('model.encoder', f"unknown encoder {name!r}; valid: {', '.join(some)}, ... ({len(names)} smp encoders), or tu-<timm model> such as tu-resnet10t")
+        some = ['resnet18', 'resnet50', 'resnet101',
+                'mobilenet_v2'] + [n for n in names
+                                   if n not in ('resnet18', 'resnet50', 'resnet101', 'mobilenet_v2')][:10]
+        raise ConfigError('model.encoder',
+                          f"unknown encoder {name!r}; valid: {', '.join(some)}, ... ({len(names)} smp "
+                          "encoders), or tu-<timm model> such as tu-resnet10t")
     return name
 
 # %% ../nbs/04_models.ipynb #57dfefc0
@@ -50,10 +55,14 @@ def _safe_load(path, map_location='cpu'):
     import re
     try: return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        m = re.search(r'(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([^\s]+)', str(e))   # the wording of torch < 2.6 and >= 2.6
-        if m: raise _LoadProblem(f"holds objects other than tensors and plain data ({m.group(1)}); refused to unpickle them "
-                                 f"(torch.load weights_only=True never runs code from a file)") from None
-        raise _LoadProblem(f"cannot read it: not a torch file, or truncated or corrupt (UnpicklingError)") from None
+        # the wording of torch < 2.6 and >= 2.6
+        m = re.search(r'(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([^\s]+)', str(e))
+        if m:
+            raise _LoadProblem(f"holds objects other than tensors and plain data ({m.group(1)}); refused to "
+                               "unpickle them "
+                               f"(torch.load weights_only=True never runs code from a file)") from None
+        raise _LoadProblem(f"cannot read it: not a torch file, or truncated or corrupt "
+                           f"(UnpicklingError)") from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError) as e:
         first = str(e).strip().splitlines()[0][:160] if str(e).strip() else ''
         raise _LoadProblem(f"cannot read it: truncated or corrupt ({type(e).__name__}: {first})") from None
@@ -63,36 +72,46 @@ def _read_state_dict(path: Path) -> dict:
     if path.suffix == '.safetensors':
         from safetensors.torch import load_file
         try: return load_file(str(path), device='cpu')
-        except Exception as e: raise ValueError(f"encoder weights {path}: cannot read safetensors file ({type(e).__name__}: {e})") from None
+        except Exception as e:
+            raise ValueError(f"encoder weights {path}: cannot read safetensors file "
+                             f"({type(e).__name__}: {e})") from None
     try: sd = _safe_load(path)
     except _LoadProblem as e: raise ValueError(f"encoder weights {path}: {e}") from None
     for k in ('state_dict', 'model', 'encoder'):
-        if isinstance(sd, dict) and k in sd and isinstance(sd[k], dict) and not torch.is_tensor(sd[k]): sd = sd[k]
+        if isinstance(sd, dict) and k in sd and isinstance(sd[k], dict) and not torch.is_tensor(sd[k]):
+            sd = sd[k]
     if not isinstance(sd, dict) or not all(torch.is_tensor(v) for v in sd.values()):
-        raise ValueError(f"encoder weights {path}: not a state dict (a dict of tensors), got {type(sd).__name__}")
+        raise ValueError(f"encoder weights {path}: not a state dict (a dict of tensors), got "
+                         f"{type(sd).__name__}")
     return sd
 
-_HEAD_PREFIXES = ('fc.', 'classifier.', 'head.', 'last_linear.', 'head_', 'model.fc.', 'model.classifier.', 'model.head.')
+_HEAD_PREFIXES = ('fc.', 'classifier.', 'head.', 'last_linear.', 'head_', 'model.fc.', 'model.classifier.',
+                  'model.head.')
 
 def _match_keys(sd: dict, want: set) -> dict:
     "Rename the keys of `sd` by the prefix transformation that matches most keys of `want`."
     def strip(d, p): return {k[len(p):] if k.startswith(p) else k: v for k, v in d.items()}
     cands = [sd]
     for p in ('module.', 'encoder.', 'module.encoder.'):
-        if any(k.startswith(p) for k in sd): cands.append({k[len(p):]: v for k, v in sd.items() if k.startswith(p)})
-    cands += [{'model.' + k: v for k, v in c.items()} for c in list(cands)]  # raw timm state dict -> TimmUniversalEncoder
+        if any(k.startswith(p) for k in sd):
+            cands.append({k[len(p):]: v for k, v in sd.items() if k.startswith(p)})
+    # raw timm state dict -> TimmUniversalEncoder
+    cands += [{'model.' + k: v for k, v in c.items()} for c in list(cands)]
     return max(cands, key=lambda c: len(want & set(c)))
 
 def load_encoder_weights(net: nn.Module, path) -> nn.Module:
-    "Load a local state dict file (.pt/.pth/.safetensors) into `net.encoder`; clear errors name the file and the keys."
+    """Load a local state dict file (.pt/.pth/.safetensors) into `net.encoder`; clear errors name the file and
+    the keys."""
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"encoder weights {path}: no such file")
     enc = net.encoder
     own = enc.state_dict()
     sd = _match_keys(_read_state_dict(path), set(own))
     missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own and not k.startswith(_HEAD_PREFIXES) and not k.endswith('num_batches_tracked')]
-    shape = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in sd and sd[k].shape != own[k].shape]
+    unexpected = [k for k in sd if k not in own and not k.startswith(_HEAD_PREFIXES)
+                  and not k.endswith('num_batches_tracked')]
+    shape = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in sd
+             and sd[k].shape != own[k].shape]
     missing = [k for k in missing if not k.endswith('num_batches_tracked')]
     if missing or unexpected or shape:
         parts = []
@@ -114,32 +133,43 @@ class SegOutput(NamedTuple):
 class SegNet(nn.Module):
     "smp encoder + decoder with our own 1×1 `classifier`; pads to `stride`; a `SegOutput` for any input size."
     def __init__(self, arch: str = 'deeplabv3plus', encoder: str = 'resnet18', num_classes: int = 21,
-                 encoder_weights=None, decoder_channels: int = 256, output_stride: int = 16, aspp_dropout: float = 0.5):
+                 encoder_weights=None, decoder_channels: int = 256, output_stride: int = 16,
+                 aspp_dropout: float = 0.5):
         super().__init__()
         import segmentation_models_pytorch as smp
-        if arch not in ARCH_NAMES: raise ConfigError('model.arch', f"unknown architecture {arch!r}; valid: {', '.join(ARCH_NAMES)}")
+        if arch not in ARCH_NAMES:
+            raise ConfigError('model.arch', f"unknown architecture {arch!r}; valid: {', '.join(ARCH_NAMES)}")
         check_encoder_name(encoder)
-        if not isinstance(num_classes, int) or num_classes < 1: raise ConfigError('data.num_classes', f"must be a positive int, got {num_classes!r}")
-        if output_stride not in (8, 16): raise ConfigError('model.output_stride', f"must be 8 or 16, got {output_stride}")
-        if decoder_channels < 16: raise ConfigError('model.decoder_channels', f"must be >= 16, got {decoder_channels}")
+        if not isinstance(num_classes, int) or num_classes < 1:
+            raise ConfigError('data.num_classes', f"must be a positive int, got {num_classes!r}")
+        if output_stride not in (8, 16):
+            raise ConfigError('model.output_stride', f"must be 8 or 16, got {output_stride}")
+        if decoder_channels < 16:
+            raise ConfigError('model.decoder_channels', f"must be >= 16, got {decoder_channels}")
         w = encoder_weights
-        if w is not None and encoder.startswith('tu-'): w = True  # smp's timm encoders take True for "pretrained"
+        # smp's timm encoders take True for "pretrained"
+        if w is not None and encoder.startswith('tu-'): w = True
         try:
             if arch == 'deeplabv3plus':
-                m = smp.DeepLabV3Plus(encoder_name=encoder, encoder_weights=w, encoder_output_stride=output_stride,
-                                      decoder_channels=decoder_channels, decoder_aspp_dropout=aspp_dropout, classes=num_classes)
+                m = smp.DeepLabV3Plus(encoder_name=encoder, encoder_weights=w,
+                                      encoder_output_stride=output_stride,
+                                      decoder_channels=decoder_channels, decoder_aspp_dropout=aspp_dropout,
+                                      classes=num_classes)
                 feat_dim = decoder_channels
             else:
                 chans = tuple(max(decoder_channels // 2**i, 8) for i in range(5))
-                m = smp.Unet(encoder_name=encoder, encoder_weights=w, decoder_channels=chans, classes=num_classes)
+                m = smp.Unet(encoder_name=encoder, encoder_weights=w, decoder_channels=chans,
+                             classes=num_classes)
                 feat_dim = chans[-1]
         except KeyError as e:  # smp: unknown weight name for this encoder
             raise ConfigError('model.encoder_weights', str(e).strip('"')) from None
         except Exception as e:
             if encoder_weights is None: raise
             raise RuntimeError(f"could not get {encoder_weights!r} weights for encoder {encoder!r} "
-                               f"({type(e).__name__}: offline or not cached?); download them once on a machine with network access "
-                               f"(they are cached by the Hugging Face hub) or pass a local state dict file: --encoder-weights PATH") from None
+                               f"({type(e).__name__}: offline or not cached?); download them once on a "
+                               "machine with network access "
+                               "(they are cached by the Hugging Face hub) or pass a local state dict file: "
+                               "--encoder-weights PATH") from None
         self.arch, self.encoder_name, self.num_classes, self.feat_dim = arch, encoder, num_classes, feat_dim
         self.encoder, self.decoder = m.encoder, m.decoder
         self.stride = int(m.encoder.output_stride)
@@ -148,7 +178,8 @@ class SegNet(nn.Module):
 
     @classmethod
     def from_config(cls, mcfg: ModelConfig, num_classes: int, **kw):
-        "Build the network `mcfg` describes (encoder weights: None or smp's name; files go through `load_encoder_weights`)."
+        """Build the network `mcfg` describes (encoder weights: None or smp's name; files go through
+        `load_encoder_weights`)."""
         w = mcfg.encoder_weights
         return cls(mcfg.arch, mcfg.encoder, num_classes, encoder_weights=None if _is_weight_file(w) else w,
                    decoder_channels=mcfg.decoder_channels, output_stride=mcfg.output_stride, **kw)
@@ -164,10 +195,12 @@ class SegNet(nn.Module):
 
     @staticmethod
     def _to_size(y, padded, size, out_stride):
-        "Resize map `y` (covering the padded input `padded`) to 1/out_stride of it, then crop to the unpadded `size`."
+        """Resize map `y` (covering the padded input `padded`) to 1/out_stride of it, then crop to the
+        unpadded `size`."""
         Hp, Wp = padded
         th, tw = math.ceil(Hp / out_stride), math.ceil(Wp / out_stride)
-        if tuple(y.shape[-2:]) != (th, tw): y = F.interpolate(y, size=(th, tw), mode='bilinear', align_corners=False)
+        if tuple(y.shape[-2:]) != (th, tw):
+            y = F.interpolate(y, size=(th, tw), mode='bilinear', align_corners=False)
         return y[..., :math.ceil(size[0] / out_stride), :math.ceil(size[1] / out_stride)]
 
     def forward(self, x, need_feats: bool = False, out_stride: int = 1, fp_dropout: float = 0.0) -> SegOutput:
@@ -192,12 +225,14 @@ class SegNet(nn.Module):
 def _is_weight_file(w) -> bool:
     if w is None or isinstance(w, bool): return False
     s = str(w)
-    if s in ('imagenet', 'ssl', 'swsl', 'instagram', 'advprop', 'noisy-student', 'imagenet21k'): return False  # smp weight names
+    # smp weight names
+    if s in ('imagenet', 'ssl', 'swsl', 'instagram', 'advprop', 'noisy-student', 'imagenet21k'): return False
     return s.endswith(('.pt', '.pth', '.safetensors', '.bin')) or os.sep in s or Path(s).exists()
 
 # %% ../nbs/04_models.ipynb #37350d0a
 def build_model(mcfg: ModelConfig, num_classes: int) -> SegNet:
-    "The `SegNet` that `mcfg` describes, with its encoder weights (None, 'imagenet' via the hub, or a local file)."
+    """The `SegNet` that `mcfg` describes, with its encoder weights (None, 'imagenet' via the hub, or a local
+    file)."""
     net = SegNet.from_config(mcfg, num_classes)
     if _is_weight_file(mcfg.encoder_weights): load_encoder_weights(net, mcfg.encoder_weights)
     return net
@@ -218,7 +253,8 @@ class Ensemble(nn.Module):
         self.nets = nn.ModuleList(nets)
         if not len(self.nets): raise ValueError("Ensemble needs at least one network")
         ncs = {getattr(n, 'num_classes', None) for n in self.nets}
-        if len(ncs) > 1: raise ValueError(f"Ensemble members disagree on the number of classes: {sorted(ncs, key=str)}")
+        if len(ncs) > 1:
+            raise ValueError(f"Ensemble members disagree on the number of classes: {sorted(ncs, key=str)}")
         self.num_classes = ncs.pop()
         self.stride = max(getattr(n, 'stride', 1) for n in self.nets)
 
@@ -235,12 +271,14 @@ class CheckpointError(ValueError):
         super().__init__(f"checkpoint {path}: {problem}")
 
 def save_checkpoint(path, payload: dict) -> Path:
-    "Write `payload` (plus 'format' and 'version' if absent) to `path` atomically: temp file in the same folder, fsync, os.replace."
+    """Write `payload` (plus 'format' and 'version' if absent) to `path` atomically: temp file in the same
+    folder, fsync, os.replace."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {'format': CKPT_FORMAT, 'version': mkd_nb.__version__, **payload}
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix='.tmp')
-    umask = os.umask(0); os.umask(umask); os.fchmod(fd, 0o666 & ~umask)   # mkstemp makes it 0600; a shared run follows the umask
+    # mkstemp makes it 0600; a shared run follows the umask
+    umask = os.umask(0); os.umask(umask); os.fchmod(fd, 0o666 & ~umask)
     try:
         with os.fdopen(fd, 'wb') as f:
             torch.save(payload, f)
@@ -258,10 +296,13 @@ def save_checkpoint(path, payload: dict) -> Path:
     return path
 
 def load_checkpoint(path, map_location='cpu') -> dict:
-    "Read an mkd_nb checkpoint with `torch.load(weights_only=True)`; clear errors for missing, corrupt, foreign or other-version files."
+    """Read an mkd_nb checkpoint with `torch.load(weights_only=True)`; clear errors for missing, corrupt,
+    foreign or other-version files."""
     path = Path(path)
     if not path.exists(): raise FileNotFoundError(f"checkpoint {path}: no such file")
-    if path.is_dir(): raise CheckpointError(path, "is a folder, not a checkpoint file (did you mean its best.pt or last.pt?)")
+    if path.is_dir():
+        raise CheckpointError(path,
+                              "is a folder, not a checkpoint file (did you mean its best.pt or last.pt?)")
     try: ck = _safe_load(path, map_location)
     except _LoadProblem as e: raise CheckpointError(path, str(e)) from None
     if not isinstance(ck, dict) or ck.get('format') != CKPT_FORMAT:
@@ -269,12 +310,14 @@ def load_checkpoint(path, map_location='cpu') -> dict:
         raise CheckpointError(path, f"not an mkd_nb checkpoint ({what}; expected format {CKPT_FORMAT!r})")
     ver, mine = str(ck.get('version', '?')), mkd_nb.__version__
     if ver.split('.')[0] != mine.split('.')[0]:
-        raise CheckpointError(path, f"written by mkd_nb {ver}, this is mkd_nb {mine}: the major version differs")
+        raise CheckpointError(path,
+                              f"written by mkd_nb {ver}, this is mkd_nb {mine}: the major version differs")
     return ck
 
 # %% ../nbs/04_models.ipynb #ef68f24c
 def eval_model_from_checkpoint(ckpt, device='cpu', path=None) -> nn.Module:
-    "The network(s) a checkpoint (dict or path) evaluates: a `SegNet`, or an `Ensemble` of two, in eval mode on `device`; `path` names a dict's file in errors."
+    """The network(s) a checkpoint (dict or path) evaluates: a `SegNet`, or an `Ensemble` of two, in eval mode
+    on `device`; `path` names a dict's file in errors."""
     path = path or (ckpt if not isinstance(ckpt, dict) else '<dict>')
     if not isinstance(ckpt, dict): ckpt = load_checkpoint(ckpt)
     for k in ('config', 'num_classes', 'eval_nets'):
@@ -289,14 +332,23 @@ def eval_model_from_checkpoint(ckpt, device='cpu', path=None) -> nn.Module:
     for i, sd in enumerate(sds):
         w = sd.get('classifier.weight')
         if w is not None and w.shape[0] != C:
-            raise CheckpointError(path, f"eval net {i} has {w.shape[0]} output classes but the checkpoint says num_classes={C}")
+            raise CheckpointError(path,
+                                  f"eval net {i} has {w.shape[0]} output classes but the checkpoint says "
+                                  f"num_classes={C}")
         net = SegNet.from_config(mcfg, C)
-        shape = [f"{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}" for k, v in net.state_dict().items() if k in sd and sd[k].shape != v.shape]
-        if shape: raise CheckpointError(path, f"eval net {i} does not fit {mcfg.arch}/{mcfg.encoder}: {len(shape)} shape mismatches (e.g. {'; '.join(shape[:2])})")
+        shape = [f"{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}" for k, v in net.state_dict().items()
+                 if k in sd and sd[k].shape != v.shape]
+        if shape:
+            raise CheckpointError(path,
+                                  f"eval net {i} does not fit {mcfg.arch}/{mcfg.encoder}: {len(shape)} shape "
+                                  f"mismatches (e.g. {'; '.join(shape[:2])})")
         res = net.load_state_dict(sd, strict=False)
         if res.missing_keys or res.unexpected_keys:
-            raise CheckpointError(path, f"eval net {i} does not fit {mcfg.arch}/{mcfg.encoder}: {len(res.missing_keys)} missing keys "
-                                        f"(e.g. {', '.join(res.missing_keys[:3])}), {len(res.unexpected_keys)} unexpected "
+            raise CheckpointError(path,
+                                  f"eval net {i} does not fit {mcfg.arch}/{mcfg.encoder}: "
+                                  f"{len(res.missing_keys)} missing keys "
+                                        f"(e.g. {', '.join(res.missing_keys[:3])}), "
+                                        f"{len(res.unexpected_keys)} unexpected "
                                         f"(e.g. {', '.join(res.unexpected_keys[:3])})")
         nets.append(net)
     model = nets[0] if len(nets) == 1 else Ensemble(nets)

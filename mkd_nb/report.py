@@ -30,10 +30,12 @@ def find_results(protocol: str = 'camvid-cpu') -> Path:
     return Path('results') / protocol
 
 def load_table(path) -> dict:
-    "The table written by `mkd-bench table` (a results folder or its `table.json`), with a clear error if it is missing or broken."
+    """The table written by `mkd-bench table` (a results folder or its `table.json`), with a clear error if it
+    is missing or broken."""
     path = Path(path); f = path / 'table.json' if path.is_dir() or not path.suffix else path
     if not f.exists(): raise ConfigError('results',
-                                         f"{f}: no table yet; run `mkd-bench table --protocol ... --out {f.parent}`")
+                                         f"{f}: no table yet; run `mkd-bench table --protocol ... --out "
+                                         f"{f.parent}`")
     try: t = json.loads(f.read_text())
     except json.JSONDecodeError as e: raise ConfigError('results', f"{f}: not valid JSON ({e.msg} at line "
                                                                    f"{e.lineno})") from None
@@ -43,7 +45,8 @@ def load_table(path) -> dict:
 
 # %% ../nbs/12a_report.ipynb #f38affc4
 def table_row(rows: list, row: str, part: str, finished: bool = False) -> Optional[dict]:
-    "The entry of `row` at partition `part` in a table's `rows` (only if it has finished cells, with `finished`), else None."
+    """The entry of `row` at partition `part` in a table's `rows` (only if it has finished cells, with
+    `finished`), else None."""
     return next((r for r in rows if r['row'] == row and r['part'] == part and (r['n'] or not finished)), None)
 
 def _mean_std(xs: list) -> tuple:
@@ -69,7 +72,8 @@ def collect_table(protocol, out) -> dict:
         if m is None: continue
         hist = _history(out / 'runs' / c['name'])
         cell = dict(name=c['name'], row=c['row'], method=c['method'], part=c['part'], seed=c['seed'],
-                    n_labeled=m.get('n_labeled'), miou=m['final']['miou'], best_miou=m['best']['miou'], iou=m['final']['iou'],
+                    n_labeled=m.get('n_labeled'), miou=m['final']['miou'], best_miou=m['best']['miou'],
+                    iou=m['final']['iou'],
                     wall_time_s=m.get('wall_time_s'), it_per_s=m.get('it_per_s'), iters=m['iters'],
                     curve=[(h['iter'], h['miou']) for h in hist],
                     pseudo=[(h['iter'], h['pl_acc'], h['pl_miou']) for h in hist if 'pl_miou' in h],
@@ -82,11 +86,13 @@ def collect_table(protocol, out) -> dict:
         classes = list(cs[0]['iou']) if cs else []
         table.append(dict(r, n=len(cs), seeds=[c['seed'] for c in cs], miou_mean=mean, miou_std=std,
                           miou_seeds=[c['miou'] for c in cs], n_labeled=cs[0]['n_labeled'] if cs else None,
-                          iou_mean={k: _mean_std([c['iou'][k] for c in cs if c['iou'][k] is not None])[0] for k in classes},
+                          iou_mean={k: _mean_std([c['iou'][k] for c in cs if c['iou'][k] is not None])[0]
+                                    for k in classes},
                           wall_time_s_mean=_mean_std([c['wall_time_s'] for c in cs if c['wall_time_s']])[0],
                           pl_miou_final=_mean_std([c['pseudo'][-1][2] for c in cs if c['pseudo']])[0],
                           pl_acc_final=_mean_std([c['pseudo'][-1][1] for c in cs if c['pseudo']])[0],
-                          pl_kept_final=_mean_std([c['pl_kept'] for c in cs if c.get('pl_kept') is not None])[0]))
+                          pl_kept_final=_mean_std([c['pl_kept'] for c in cs
+                                                   if c.get('pl_kept') is not None])[0]))
     get = lambda row, part: table_row(table, row, part)
     lab = [r for r in p['rows'] if 'labels' in r['groups']]
     labels = None
@@ -94,21 +100,25 @@ def collect_table(protocol, out) -> dict:
         lo, hi = get(lab[0]['name'], p['parts'][0]), get(lab[0]['name'], 'all')
         if lo and hi and lo['n'] and hi['n']:
             gap = hi['miou_mean'] - lo['miou_mean']
-            labels = dict(row=lab[0]['name'], smallest=p['parts'][0], smallest_mean=lo['miou_mean'], smallest_n=lo['n'],
+            labels = dict(row=lab[0]['name'], smallest=p['parts'][0], smallest_mean=lo['miou_mean'],
+                          smallest_n=lo['n'],
                           all_mean=hi['miou_mean'], all_n=hi['n'], gap=gap, passed=gap >= 8.0,
                           complete=lo['n'] == lo['planned'] and hi['n'] == hi['planned'])
     spec = p.get('distillation')
     return dict(protocol=p['name'] if isinstance(protocol, dict) else protocol, doc=p['doc'], cfg=p['config'],
-                parts=list(p['parts']), seeds=list(p['seeds']), headline=p['headline'], rows=table, cells=cells, labels_test=labels,
+                parts=list(p['parts']), seeds=list(p['seeds']), headline=p['headline'], rows=table,
+                cells=cells, labels_test=labels,
                 # the distillation summary, under the name of its distilled row
                 **({spec['row']: distillation_summary(p, table)} if spec else {}),
                 compute_s=sum(c['wall_time_s'] or 0 for c in cells),
-                machine=dict(platform=platform.platform(), processor=platform.processor() or platform.machine(), cpus=os.cpu_count(),
+                machine=dict(platform=platform.platform(),
+                             processor=platform.processor() or platform.machine(), cpus=os.cpu_count(),
                              torch=torch.__version__))
 
 # %% ../nbs/12a_report.ipynb #4d6716cf
 def paired_diff(a: Optional[dict], b: Optional[dict]) -> Optional[dict]:
-    "Per-seed differences of rows `a` - `b` over the seeds both have (seed s = the same labeled split in every row): mean, std, n."
+    """Per-seed differences of rows `a` - `b` over the seeds both have (seed s = the same labeled split in
+    every row): mean, std, n."""
     if not (a and b and a.get('seeds') and b.get('seeds')): return None
     db = dict(zip(b['seeds'], b['miou_seeds']))
     d = [x - db[s] for s, x in zip(a['seeds'], a['miou_seeds']) if s in db]
@@ -117,21 +127,24 @@ def paired_diff(a: Optional[dict], b: Optional[dict]) -> Optional[dict]:
     return dict(mean=m, std=sd, n=len(d))
 
 def seed_diff(a: Optional[dict], b: Optional[dict]) -> Optional[dict]:
-    "`paired_diff(a, b)`; for rows without per-seed values, the difference of their seed means (std: `a`'s, n: the smaller n)."
+    """`paired_diff(a, b)`; for rows without per-seed values, the difference of their seed means (std: `a`'s,
+    n: the smaller n)."""
     if not (a and b and a.get('n') and b.get('n')): return None
     return paired_diff(a, b) or dict(mean=a['miou_mean'] - b['miou_mean'], std=a['miou_std'],
                                      n=min(a['n'], b['n']))
 
 # %% ../nbs/12a_report.ipynb #7da787d9
 def distillation_summary(protocol, table: list) -> Optional[dict]:
-    """The protocol's distillation rows (its `[distillation]` section) against their student and teachers: mIoU, network costs,
+    """The protocol's distillation rows (its `[distillation]` section) against their student and teachers:
+    mIoU, network costs,
     the share of the student-to-teacher gap closed; None for a protocol without one."""
     from mkd_nb.models import build_model
     from mkd_nb.mgd import net_cost
     p = load_protocol(protocol)
     spec = p.get('distillation')
     if not spec: return None
-    h, cells = p['headline'], {c['row']: c for c in protocol_cells(p) if c['part'] == p['headline'] and c['seed'] == p['seeds'][0]}
+    h, cells = p['headline'], {c['row']: c for c in protocol_cells(p) if c['part'] == p['headline']
+                               and c['seed'] == p['seeds'][0]}
     get = lambda row: table_row(table, row, h, finished=True)
     main, student = spec['row'], spec['student']
     teachers = [e['row'] for e in spec['teachers']]
@@ -146,26 +159,36 @@ def distillation_summary(protocol, table: list) -> Optional[dict]:
     entries = []
     for e in spec['entries']:
         r = table_row(table, e['row'], h)
-        net = keyed.get(e['row'], keyed[student])          # every row but the teachers trains the student's network
-        entries.append(dict(row=e['row'], role=e['role'], trained_by=e['trained_by'], net=net, n=r['n'] if r else 0,
-                            miou_mean=r['miou_mean'] if r else None, miou_std=r['miou_std'] if r else None, **costs[net],
-                            # this row minus the distilled one over the seeds both have, so a lucky split in one row does not
+        # every row but the teachers trains the student's network
+        net = keyed.get(e['row'], keyed[student])
+        entries.append(dict(row=e['row'], role=e['role'], trained_by=e['trained_by'], net=net,
+                            n=r['n'] if r else 0,
+                            miou_mean=r['miou_mean'] if r else None, miou_std=r['miou_std'] if r else None,
+                            **costs[net],
+                            # this row minus the distilled one over the seeds both have, so a lucky split in
+                            # one row does not
                             # read as a method's gain
                             minus_mgd=None if e['row'] == main else seed_diff(get(e['row']), get(main))))
-    # the distilled row, its supervised student and the teachers are compared on the seeds they all have: seed means over
-    # different seeds would mix the luck of different labeled splits into the gap (rows without per-seed values: their means)
+    # the distilled row, its supervised student and the teachers are compared on the seeds they all have: seed
+    # means over
+    # different seeds would mix the luck of different labeled splits into the gap (rows without per-seed
+    # values: their means)
     have = [get(r) for r in [main, student] + teachers]
     seeds = _shared_seeds([r for r in have if r])
     val = lambda row: _mean_on(get(row), seeds)
     distilled, sup = val(main), val(student)
     best_t = max((v for v in map(val, teachers) if v is not None), default=None)
     return dict(part=h, image_size=list(p['image_size']), entries=entries, seeds=seeds,
-                **{f"{main}_minus_{b['row']}": seed_diff(get(main), get(b['row'])) for b in spec['must_beat']},
+                **{f"{main}_minus_{b['row']}": seed_diff(get(main), get(b['row']))
+                   for b in spec['must_beat']},
                 best_teacher=best_t, **{f'student_{student}': sup},
                 # each teacher against the supervised student on the seeds both have
-                **{f'teachers_minus_{student}_paired': {t: paired_diff(get(t), get(student)) for t in teachers}},
-                # share of the student-to-teacher distance the distilled row covers: (it - student) / (best teacher - student)
-                gap_closed=None if None in (distilled, sup, best_t) or best_t <= sup else (distilled - sup) / (best_t - sup))
+                **{f'teachers_minus_{student}_paired': {t: paired_diff(get(t), get(student))
+                                                        for t in teachers}},
+                # share of the student-to-teacher distance the distilled row covers: (it - student) / (best
+                # teacher - student)
+                gap_closed=None if None in (distilled, sup, best_t) or best_t <= sup
+                else (distilled - sup) / (best_t - sup))
 
 def _shared_seeds(rows: list) -> Optional[list]:
     "Seeds every row of `rows` has; None if a row has no per-seed values (then seed means are all there is)."
@@ -181,7 +204,8 @@ def _mean_on(r: Optional[dict], seeds: Optional[list]) -> Optional[float]:
 
 # %% ../nbs/12a_report.ipynb #3cb82cbd
 def on_shared_seeds(a: Optional[dict], b: Optional[dict]) -> tuple:
-    "Rows `a`, `b` cut down to the seeds both have (mean, std and n recomputed), so that their means compare the same splits; as given without per-seed values."
+    """Rows `a`, `b` cut down to the seeds both have (mean, std and n recomputed), so that their means compare
+    the same splits; as given without per-seed values."""
     both = _shared_seeds([a, b]) if a and b else None
     if both is None: return a, b
     def cut(r):
@@ -192,16 +216,21 @@ def on_shared_seeds(a: Optional[dict], b: Optional[dict]) -> tuple:
     return cut(a), cut(b)
 
 def _protocol_of(t: dict, protocol=None) -> dict:
-    "The protocol of table `t`: `protocol` if given (a name, a path or a loaded dict), else the one the table names."
+    """The protocol of table `t`: `protocol` if given (a name, a path or a loaded dict), else the one the
+    table names."""
     return load_protocol(protocol if protocol is not None else t['protocol'])
 
 def check_targets(t: dict, targets: Optional[dict] = None) -> list:
-    """The benchmark's targets on table `t`: [{'target', 'value', 'n', 'met', 'paired'}], means over the seeds both rows have;
-    `met` None if undecidable. `targets` (the protocol's `[targets]` by default) names the rows: main, base, peers; gain, within."""
+    """The benchmark's targets on table `t`: [{'target', 'value', 'n', 'met', 'paired'}], means over the seeds
+    both rows have;
+    `met` None if undecidable. `targets` (the protocol's `[targets]` by default) names the rows: main, base,
+    peers; gain, within."""
     targets = targets or _protocol_of(t)['targets']
     main, base, gain, within = (targets[k] for k in ('main', 'base', 'gain', 'within'))
-    # a peer's variant that the protocol puts in group 'peer' and the table has run (UniMatch without its code's final / 2) is
-    # held to the same target: beating a peer only in a form that takes half steps at the protocol's one learning rate flatters
+    # a peer's variant that the protocol puts in group 'peer' and the table has run (UniMatch without its
+    # code's final / 2) is
+    # held to the same target: beating a peer only in a form that takes half steps at the protocol's one
+    # learning rate flatters
     peers = tuple(dict.fromkeys([*targets['peers'],
                                  *(r['row'] for r in t['rows'] if 'peer' in r.get('groups', ()) and r['n'])]))
     get = lambda row, part: table_row(t['rows'], row, part, finished=True)
@@ -213,17 +242,16 @@ def check_targets(t: dict, targets: Optional[dict] = None) -> list:
         sd = None if not ok or a2['miou_std'] is None or b2['miou_std'] is None else max(a2['miou_std'],
                                                                                          b2['miou_std'])
         met = None if v is None or (with_std and sd is None) else test(v, sd)
-        return dict(target=name, value=v, n=min(a2['n'], b2['n']) if ok else 0, met=met, complete=full(a, b), paired=paired_diff(a, b),
-                    **(dict(std=sd) if with_std else {}))
+        return dict(target=name, value=v, n=min(a2['n'], b2['n']) if ok else 0, met=met, complete=full(a, b),
+                    paired=paired_diff(a, b), **(dict(std=sd) if with_std else {}))
     h = t['headline']
     res = [target(f'{main} >= {base} + {gain} mIoU at {h}', get(main, h), get(base, h),
                   lambda v, sd: v >= gain)]
     res += [target(f'{main} ahead of {peer} at {part} by more than the std', get(main, part), get(peer, part),
                    lambda v, sd: v > sd, True)
             for part in t['parts'] for peer in peers]
-    res.append(target(f"{main} at {t['parts'][-1]} within {within} mIoU of {base} with all labels", get(main,
-                                                                                                        t['parts'][-1]),
-                      get(base, 'all'), lambda v, sd: v >= -within))
+    res.append(target(f"{main} at {t['parts'][-1]} within {within} mIoU of {base} with all labels",
+                      get(main, t['parts'][-1]), get(base, 'all'), lambda v, sd: v >= -within))
     return res
 
 def _pl_text(r) -> str:
@@ -234,7 +262,8 @@ def _pl_text(r) -> str:
 
 def _fmt(r) -> str:
     if not r or not r['n']: return '–'
-    return f"{r['miou_mean']:.1f} ± {r['miou_std']:.1f} ({r['n']})" if r['miou_std'] is not None else f"{r['miou_mean']:.1f} ({r['n']})"
+    return (f"{r['miou_mean']:.1f} ± {r['miou_std']:.1f} ({r['n']})" if r['miou_std'] is not None
+            else f"{r['miou_mean']:.1f} ({r['n']})")
 
 def _signed(x: float) -> str:
     "`x` with its sign to one decimal; a difference that rounds to zero reads '+0.0', never '-0.0'."
@@ -242,21 +271,28 @@ def _signed(x: float) -> str:
 
 def _pm(d: dict, brackets=False) -> str:
     "A difference `{'mean', 'std', 'n'}` as '+1.0 ± 0.4, n=2' (or '+1.0 ± 0.4 (2)' in table cells)."
-    return _signed(d['mean']) + ('' if d['std'] is None else f" ± {d['std']:.1f}") + (f" ({d['n']})" if brackets else f", n={d['n']}")
+    return _signed(d['mean']) + ('' if d['std'] is None else f" ± {d['std']:.1f}") + (f" ({d['n']})"
+                                                                                      if brackets
+                                                                                      else f", n={d['n']}")
 
 def _gap_text(s: dict, student: str) -> str:
     b, sup = s['best_teacher'], s.get(f'student_{student}')
     if s['gap_closed'] is not None: return f"{100 * s['gap_closed']:.0f} %"
-    if None not in (b, sup) and b <= sup:   # distillation from teachers that the student already beats: say so rather than print a ratio
-        return f"no gap to close (the better teacher, {b:.1f}, is not above the supervised student, {sup:.1f})"
+    # distillation from teachers that the student already beats: say so rather than print a ratio
+    if None not in (b, sup) and b <= sup:
+        return (f"no gap to close (the better teacher, {b:.1f}, is not above the supervised student, "
+                f"{sup:.1f})")
     return '–'
 
 def _render_distillation(s: Optional[dict], spec: Optional[dict]) -> list:
-    "The distillation summary `s` as a table and a closing line, in the words of the protocol's `[distillation]` `spec`."
+    """The distillation summary `s` as a table and a closing line, in the words of the protocol's
+    `[distillation]` `spec`."""
     if not s: return []
     h, w = s['image_size']
     name, student = spec['name'], spec['student']
-    L = ['', spec['title'].format(part=s['part']) + f"; cost = parameters and forward GFLOPs per {w}×{h} image:", '',
+    L = ['',
+         spec['title'].format(part=s['part']) + f"; cost = parameters and forward GFLOPs per {w}×{h} image:",
+         '',
          '| network | role | trained by | mIoU | Δ vs MGD (shared seeds) | params (M) | GFLOPs | × student |',
          '|---|---|---|---|---|---|---|---|']
     stud = next(e for e in s['entries'] if e['row'] == student)
@@ -265,7 +301,8 @@ def _render_distillation(s: Optional[dict], spec: Optional[dict]) -> list:
         L.append(f"| {e['net']} | {e['role']} | {e['trained_by']} | {_fmt(e)} | {d} | {e['params_M']:.1f} | "
                  f"{e['gflops']:.2f} | "
                  f"{e['gflops'] / stud['gflops']:.2f} |")
-    on = '' if s.get('seeds') is None else f" on the seeds all of them have ({', '.join(map(str, s['seeds'])) or 'none'})"
+    on = ('' if s.get('seeds') is None
+          else f" on the seeds all of them have ({', '.join(map(str, s['seeds'])) or 'none'})")
     beats = [(b['says'], s.get(f"{spec['row']}_minus_{b['row']}")) for b in spec['must_beat']]
     both = {1: 'it', 2: 'both'}.get(len(beats), 'each')
     L += ['', '; '.join(f"{name} − {says}: {'–' if not d else _pm(d)}" for says, d in beats) +
@@ -274,11 +311,14 @@ def _render_distillation(s: Optional[dict], spec: Optional[dict]) -> list:
           f"{_gap_text(s, student)}."]
     tp = {t: d for t, d in (s.get(f'teachers_minus_{student}_paired') or {}).items() if d}
     says = {e['row']: e['says'] for e in spec['must_beat'] + spec['teachers']}
-    if tp: L[-1] += f" Teacher − {says[student]} seed by seed: " + '; '.join(f"{says[t]} {_pm(d)}" for t, d in tp.items()) + '.'
+    if tp:
+        L[-1] += f" Teacher − {says[student]} seed by seed: " + '; '.join(f"{says[t]} {_pm(d)}"
+                                                                          for t, d in tp.items()) + '.'
     return L
 
 def render_table_md(t: dict, protocol=None) -> str:
-    "Markdown of the main table, the labels test, the targets, the ablations, per-class IoU and run times of table `t`."
+    """Markdown of the main table, the labels test, the targets, the ablations, per-class IoU and run times of
+    table `t`."""
     p = _protocol_of(t, protocol)
     get = lambda row, part: table_row(t['rows'], row, part)
     rows = list(dict.fromkeys(r['row'] for r in t['rows']))
@@ -295,20 +335,26 @@ def render_table_md(t: dict, protocol=None) -> str:
               'labels if the gap is >= 8 mIoU): ' +
           ('not measured yet' if not lt else f"{lt['all_mean']:.1f} (n={lt['all_n']}) vs "
                                              f"{lt['smallest_mean']:.1f} (n={lt['smallest_n']}) "
-           f"at {lt['smallest']}: gap {_signed(lt['gap'])} mIoU, **{'passed' if lt['passed'] else 'failed'}**" + ('' if lt['complete'] else ' (seeds missing)'))]
-    L += ['', 'Targets on the seed means over the seeds both rows have (n; std = the larger of the two rows\' '
+           f"at {lt['smallest']}: gap {_signed(lt['gap'])} mIoU, **{'passed' if lt['passed'] else 'failed'}**"
+           + ('' if lt['complete'] else ' (seeds missing)'))]
+    L += ['',
+          'Targets on the seed means over the seeds both rows have (n; std = the larger of the two rows\' '
           'stds on those seeds); beside them, the difference seed by seed (each seed is one labeled split, '
           'shared by every row), '
           'whose std leaves out how lucky the split was:', '',
           '| target | measured | met | per seed: mean ± std (n) |', '|---|---|---|---|']
     for g in check_targets(t, p['targets']):
-        v = '–' if g['value'] is None else _signed(g['value']) + " (" + (f"std {g['std']:.1f}, " if g.get('std') is not None else '') + f"n={g['n']})"
-        met = '–' if g['met'] is None else ('yes' if g['met'] else 'no') + ('' if g.get('complete', True) else ' (seeds missing)')
+        v = '–' if g['value'] is None else _signed(g['value']) + " (" + (f"std {g['std']:.1f}, "
+                                                                         if g.get('std') is not None
+                                                                         else '') + f"n={g['n']})"
+        met = '–' if g['met'] is None else ('yes' if g['met'] else 'no') + ('' if g.get('complete', True)
+                                                                            else ' (seeds missing)')
         pd = g.get('paired')
         pds = '–' if not pd else _pm(pd, brackets=True)
         L.append(f"| {g['target']} | {v} | {met} | {pds} |")
     ref_of = lambda r: r.get('ref') or r['row']     # a row without a reference is its own (no Δ)
-    # every ablation at the headline; at the other partitions, the variants that were run there (a test on splits not tuned on)
+    # every ablation at the headline; at the other partitions, the variants that were run there (a test on
+    # splits not tuned on)
     abl = [r for r in t['rows'] if 'ablation' in r['groups'] and r['part'] == t['headline']]
     abl += [r for p in t['parts'] if p != t['headline'] for r in t['rows']
             if 'ablation' in r['groups'] and r['part'] == p and r['n'] and r['row'] != ref_of(r)]
@@ -334,7 +380,8 @@ def render_table_md(t: dict, protocol=None) -> str:
         cls = list(head[0]['iou_mean'])
         L += ['', f"Per-class IoU (%), seed means, at {t['headline']} (and all labels):", '',
               '| method | part | ' + ' | '.join(cls) + ' |', '|---|---|' + '---|' * len(cls)]
-        L += [f"| {r['row']} | {r['part']} | " + ' | '.join('–' if r['iou_mean'][k] is None else f"{r['iou_mean'][k]:.1f}" for k in cls) + ' |'
+        L += [f"| {r['row']} | {r['part']} | "
+              + ' | '.join('–' if r['iou_mean'][k] is None else f"{r['iou_mean'][k]:.1f}" for k in cls) + ' |'
               for r in head]
     done = [r for r in t['rows'] if r['n']]
     if done:
@@ -359,21 +406,25 @@ def render_table_md(t: dict, protocol=None) -> str:
 
 # %% ../nbs/12a_report.ipynb #0b18b04b
 def table_figures(t: dict) -> dict:
-    "The three figures of table `t` by file stem: 'miou_vs_labels', 'curves' and 'pseudo_labels' (`NotebookFigure`s)."
+    """The three figures of table `t` by file stem: 'miou_vs_labels', 'curves' and 'pseudo_labels'
+    (`NotebookFigure`s)."""
     figs = {}
     rows = [r for r in t['rows'] if r['n'] and 'main' in r['groups']]
     fig = NotebookFigure(figsize=(6, 4)); ax = fig.add_subplot()
     for name in dict.fromkeys(r['row'] for r in rows):
-        rs = sorted((r for r in rows if r['row'] == name and r['part'] != 'all'), key=lambda r: r['n_labeled'])
-        if rs: ax.errorbar([r['n_labeled'] for r in rs], [r['miou_mean'] for r in rs], yerr=[r['miou_std'] or 0 for r in rs],
+        rs = sorted((r for r in rows if r['row'] == name and r['part'] != 'all'),
+                    key=lambda r: r['n_labeled'])
+        if rs:
+            ax.errorbar([r['n_labeled'] for r in rs], [r['miou_mean'] for r in rs],
+                        yerr=[r['miou_std'] or 0 for r in rs],
                            marker='o', capsize=3, label=name)
         full = next((r for r in rows if r['row'] == name and r['part'] == 'all'), None)
         if full: ax.axhline(full['miou_mean'], ls=':', c='gray', label=f"{name}, all labels")
     ax.set(xscale='log', xlabel='labeled images', ylabel='val mIoU (%)', title=t['protocol'])
     if ax.get_legend_handles_labels()[0]: ax.legend(fontsize=7)
     fig.tight_layout(); figs['miou_vs_labels'] = fig
-    for stem, key, ylabel in (('curves', 'curve', 'val mIoU (%)'), ('pseudo_labels', 'pseudo', 'pseudo-label '
-                                                                                               'mIoU on unlabeled (%)')):
+    for stem, key, ylabel in (('curves', 'curve', 'val mIoU (%)'),
+                              ('pseudo_labels', 'pseudo', 'pseudo-label mIoU on unlabeled (%)')):
         fig = NotebookFigure(figsize=(6, 4)); ax = fig.add_subplot(); drawn = 0
         for name in dict.fromkeys(c['row'] for c in t['cells']):
             cs = [c for c in t['cells'] if c['row'] == name and c['part'] == t['headline'] and c[key]]
@@ -388,14 +439,16 @@ def table_figures(t: dict) -> dict:
 
 # %% ../nbs/12a_report.ipynb #bc70bb9a
 def plot_table(t: dict, out) -> list:
-    "Write `miou_vs_labels.png`, `curves.png` and `pseudo_labels.png` of table `t` into `out`; returns the paths."
+    """Write `miou_vs_labels.png`, `curves.png` and `pseudo_labels.png` of table `t` into `out`; returns the
+    paths."""
     out, paths = Path(out), []
     for stem, fig in table_figures(t).items():
         paths.append(out / f'{stem}.png'); fig.savefig(paths[-1], dpi=110)
     return paths
 
 def write_table(protocol, out, results_md: Optional[str] = None) -> dict:
-    "Collect `protocol`'s finished cells under `out` into `table.json`, `table.md` and the plots (and RESULTS.md when asked)."
+    """Collect `protocol`'s finished cells under `out` into `table.json`, `table.md` and the plots (and
+    RESULTS.md when asked)."""
     p = load_protocol(protocol)
     t = collect_table(protocol, out); t['targets'] = check_targets(t, p['targets'])
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
@@ -411,13 +464,16 @@ def _write_atomic(path, text: str):
 
 # %% ../nbs/12a_report.ipynb #37d2fea0
 def _best_bold(cells: dict) -> dict:
-    "Text of each cell {key: row or None}, the largest seed mean in bold (and every cell tying with it at one decimal)."
+    """Text of each cell {key: row or None}, the largest seed mean in bold (and every cell tying with it at
+    one decimal)."""
     means = {k: round(r['miou_mean'], 1) for k, r in cells.items() if r and r['n']}
     top = max(means.values()) if len(means) > 1 else None    # one value alone is not 'the best' of anything
-    return {k: f"**{_fmt(r)}**" if top is not None and means.get(k) == top else _fmt(r) for k, r in cells.items()}
+    return {k: f"**{_fmt(r)}**" if top is not None and means.get(k) == top else _fmt(r)
+            for k, r in cells.items()}
 
 def _main_table(t: dict) -> list:
-    "The main rows at every partition (labeled images in brackets), the best seed mean of each column in bold."
+    """The main rows at every partition (labeled images in brackets), the best seed mean of each column in
+    bold."""
     get = lambda row, part: table_row(t['rows'], row, part)
     main = list(dict.fromkeys(r['row'] for r in t['rows'] if 'main' in r['groups']))
     parts = t['parts'] + (['all'] if any(r['part'] == 'all' for r in t['rows']) else [])
@@ -428,9 +484,11 @@ def _main_table(t: dict) -> list:
     return head + [f"| {r} | " + ' | '.join(cols[p][r] for p in parts) + ' |' for r in main]
 
 def _ablation_table(t: dict) -> list:
-    "A line per variant of group 'ablation': Δ against its reference at each partition (mean ± std of per-seed Δ)."
+    """A line per variant of group 'ablation': Δ against its reference at each partition (mean ± std of
+    per-seed Δ)."""
     get = lambda row, part: table_row(t['rows'], row, part, finished=True)
-    var = [r for r in t['rows'] if 'ablation' in r['groups'] and r['n'] and r.get('ref') and r['ref'] != r['row']]
+    var = [r for r in t['rows'] if 'ablation' in r['groups'] and r['n'] and r.get('ref')
+           and r['ref'] != r['row']]
     parts = [p for p in t['parts'] if any(r['part'] == p for r in var)]
     def cell(row, ref, p):
         r = get(row, p); d = seed_diff(r, get(ref, p)) if r else None
@@ -442,12 +500,15 @@ def _ablation_table(t: dict) -> list:
 def _labels_caveat(t: dict) -> Optional[str]:
     "The labels test as a caveat: None once it passes with every seed in, else its numbers."
     lt = t.get('labels_test')
-    if not lt: return "**Labels test not measured yet**: until it passes, the table cannot show label efficiency."
+    if not lt:
+        return "**Labels test not measured yet**: until it passes, the table cannot show label efficiency."
     if lt['passed'] and lt['complete']: return None
-    return (f"**Labels test {'failed' if not lt['passed'] else 'passed on missing seeds'}**: `{lt['row']}` with all "
+    return (f"**Labels test {'failed' if not lt['passed'] else 'passed on missing seeds'}**: `{lt['row']}` "
+            "with all "
             f"labels {lt['all_mean']:.1f} (n={lt['all_n']}) vs {lt['smallest_mean']:.1f} "
             f"(n={lt['smallest_n']}) at "
-            f"{lt['smallest']}, gap {_signed(lt['gap'])} mIoU, short of what the protocol needs to see labels, so the "
+            f"{lt['smallest']}, gap {_signed(lt['gap'])} mIoU, short of what the protocol needs to see "
+            "labels, so the "
             "table cannot measure what unlabeled images add.")
 
 def _targets_caveat(t: dict, targets: dict) -> str:
@@ -458,7 +519,8 @@ def _targets_caveat(t: dict, targets: dict) -> str:
             '; all of them, with the per-seed differences, in the details.')
 
 def read_caveats(out) -> dict:
-    "The hand-written `caveats.json` of results folder `out`: {'protocol': a line, 'more': [lines]}, stating no number."
+    """The hand-written `caveats.json` of results folder `out`: {'protocol': a line, 'more': [lines]}, stating
+    no number."""
     f = Path(out) / 'caveats.json'
     if not f.exists(): return dict(protocol=None, more=[])
     try: c = json.loads(f.read_text())
@@ -466,7 +528,8 @@ def read_caveats(out) -> dict:
         raise ConfigError('results', f"{f}: not valid JSON ({e.msg} at line {e.lineno})") from None
     c = dict(protocol=c.get('protocol'), more=list(c.get('more', [])))
     for s in [c['protocol'] or '', *c['more']]:
-        if any(ch.isdigit() for ch in s):   # numbers come from table.json through the renderer, never from prose
+        # numbers come from table.json through the renderer, never from prose
+        if any(ch.isdigit() for ch in s):
             raise ConfigError('results',
                               f"{f}: hand-written caveats may state no number, found one in {s[:60]!r}")
     return c
@@ -477,7 +540,8 @@ def screen_top(md: str) -> list:
     return L[:next((i for i, l in enumerate(L) if l.startswith('![')), len(L))]
 
 def render_results_md(t: dict, out, at='.', protocol=None) -> str:
-    "RESULTS.md of table `t` (files in `out`, links relative to folder `at`): one screen of tables, then figures."
+    """RESULTS.md of table `t` (files in `out`, links relative to folder `at`): one screen of tables, then
+    figures."""
     p = _protocol_of(t, protocol)
     out = Path(out); rel = lambda p: Path(os.path.relpath(p, at)).as_posix()
     cav = read_caveats(out)
@@ -491,31 +555,39 @@ def render_results_md(t: dict, out, at='.', protocol=None) -> str:
     L += [f"- {c}" for c in [_labels_caveat(t), _targets_caveat(t, p['targets']), *cav['more']] if c]
     spec = p.get('distillation')
     if spec and t.get(spec['row']): L.append('- ' + _render_distillation(t[spec['row']], spec)[-1])
-    L += ['', "## Ablations (Δ mIoU against the reference row at the same partition: mean ± std of the per-seed "
+    L += ['',
+          "## Ablations (Δ mIoU against the reference row at the same partition: mean ± std of the per-seed "
           "differences (seeds))", '']
     L += _ablation_table(t)
     L += ['', '## Figures', '']
     L += [f"![{p.stem.replace('_', ' ')}]({rel(p)})" for p in sorted(out.glob('*.png'))]
     L += ['', '## More', '',
-          f"- [DECISIONS.md]({rel(Path(at) / 'DECISIONS.md')}): each choice of the recipe, its question, and the runs "
+          f"- [DECISIONS.md]({rel(Path(at) / 'DECISIONS.md')}): each choice of the recipe, its question, and "
+          "the runs "
           "that decided it.",
-          f"- [Every table]({rel(out / 'table.md')}): the targets, the ablations at every partition, the distillation "
-          "rows against their cost, per-class IoU, and every run's mIoU per seed, wall time and pseudo-label quality.",
-          f"- Regenerate: `mkd-bench table --protocol {t['protocol']} --out {rel(out)} --results-md RESULTS.md` (add "
-          "`--render-only` to re-render without training; without it, the command runs every unfinished cell).",
+          f"- [Every table]({rel(out / 'table.md')}): the targets, the ablations at every partition, the "
+          "distillation "
+          "rows against their cost, per-class IoU, and every run's mIoU per seed, wall time and pseudo-label "
+          "quality.",
+          f"- Regenerate: `mkd-bench table --protocol {t['protocol']} --out {rel(out)} --results-md "
+          "RESULTS.md` (add "
+          "`--render-only` to re-render without training; without it, the command runs every unfinished "
+          "cell).",
           f"- {len(t['cells'])} runs, {t['compute_s'] / 3600:.1f} h of training; machine: "
           f"{t['machine']['processor']}, "
           f"{t['machine']['cpus']} CPUs, torch {t['machine']['torch']}.", '']
     return '\n'.join(L + _render_costs(t, out, rel))
 
 def _cost_section(title: str, command: str, how: str, columns: list, rows: list, note: str = '') -> list:
-    "A section of RESULTS.md: its title, the command that measured it and how, then a table of `rows` (lists of cells)."
+    """A section of RESULTS.md: its title, the command that measured it and how, then a table of `rows` (lists
+    of cells)."""
     table = ['| ' + ' | '.join(map(str, cells)) + ' |' for cells in [columns, ['---'] * len(columns), *rows]]
     table[1] = table[1].replace(' ', '')
     return [f'## {title}', '', f"`{command}` ({how}):", '', *table, *([''] + [note] if note else []), '']
 
 def _render_costs(t: dict, out, rel=lambda p: Path(p).as_posix()) -> list:
-    "Step time per method, CPU settings and network costs: the benchmark JSONs beside results folder `out` that exist."
+    """Step time per method, CPU settings and network costs: the benchmark JSONs beside results folder `out`
+    that exist."""
     out, L, nan = Path(out), [], float('nan')
     step = out / 'step-cpu.json'
     if step.exists():
@@ -523,21 +595,27 @@ def _render_costs(t: dict, out, rel=lambda p: Path(p).as_posix()) -> list:
                  f"{r['peak_mib'] or nan:.0f}"] for r in json.loads(step.read_text())]
         L += _cost_section('Step time and peak memory per method',
                            f"mkd-bench step --protocol {t['protocol']} --out {rel(out)}",
-                           "median of timed steps, synthetic tensors of the protocol's sizes; peak = process high-water mark",
+                           "median of timed steps, synthetic tensors of the protocol's sizes; peak = process "
+                           "high-water mark",
                            ['method', 'forward images', 'step (s)', '× sup', 'peak (MiB)'], rows)
     sett = out.parent / 'bench' / 'settings-cpu.json'
     if sett.exists():
         runs = json.loads(sett.read_text())
         yes = lambda b: 'yes' if b else 'no'
-        rows = [[r['method'], r['threads'] if not r.get('note') else '2 × 1 (two runs at once)', yes(r['channels_last']),
-                 yes(r['compile']), f"{r['step_s']:.3f}", f"{r['time_vs_plain']:.2f}", f"{r['setup_s']:.0f}"] for r in runs]
+        rows = [[r['method'], r['threads'] if not r.get('note') else '2 × 1 (two runs at once)',
+                 yes(r['channels_last']),
+                 yes(r['compile']), f"{r['step_s']:.3f}", f"{r['time_vs_plain']:.2f}", f"{r['setup_s']:.0f}"]
+                for r in runs]
         methods = ','.join(dict.fromkeys(r['method'] for r in runs))
-        L += _cost_section('CPU settings', f"mkd-bench settings --protocol {t['protocol']} --method {methods} "
+        L += _cost_section('CPU settings',
+                           f"mkd-bench settings --protocol {t['protocol']} --method {methods} "
                            f"--threads 2 --compile --pair --out {rel(sett.parent)}",
-                           "median step time over interleaved rounds; × = ratio to 2 threads, contiguous, eager",
+                           "median step time over interleaved rounds; × = ratio to 2 threads, contiguous, "
+                           "eager",
                            ['method', 'threads', 'channels_last', 'compile', 'step (s)', '× plain',
                             'set-up incl. compile (s)'], rows,
-                           note="For two runs at once, × is the time per step of the pair (each run's step time halved).")
+                           note="For two runs at once, × is the time per step of the pair (each run's step "
+                                "time halved).")
     fl = out.parent / 'bench' / 'flops.json'
     if fl.exists():
         rs = json.loads(fl.read_text())
@@ -547,21 +625,27 @@ def _render_costs(t: dict, out, rel=lambda p: Path(p).as_posix()) -> list:
                            f"mkd-bench flops ... --size {rs[0]['size']} --set "
                            f"decoder_channels={rs[0]['decoder_channels']} "
                            f"--out {rel(fl.parent)}",
-                           "DeepLabV3+; forward FLOPs per image counted by `torch.utils.flop_counter`; images/s: "
+                           "DeepLabV3+; forward FLOPs per image counted by `torch.utils.flop_counter`; "
+                           "images/s: "
                            f"batch 1, {rs[0]['threads']} thread(s), median of timed passes",
                            ['role', 'encoder', 'params (M)', 'GFLOPs', '× ResNet-18', 'images/s'], rows)
     return L
 
 # %% ../nbs/12a_report.ipynb #aa5b7739
 def main_table_figure(t: dict) -> NotebookFigure:
-    "The main rows' val mIoU (mean ± std over seeds) per partition as a shaded grid, the best finished cell of each column framed."
+    """The main rows' val mIoU (mean ± std over seeds) per partition as a shaded grid, the best finished cell
+    of each column framed."""
     rows = list(dict.fromkeys(r['row'] for r in t['rows'] if 'main' in r['groups']))
-    cols = [p for p in (*t['parts'], 'all') if any(r['part'] == p and r['n'] for r in t['rows'] if r['row'] in rows)]
+    cols = [p for p in (*t['parts'], 'all')
+            if any(r['part'] == p and r['n'] for r in t['rows'] if r['row'] in rows)]
     get = lambda row, part: table_row(t['rows'], row, part, finished=True)
-    a = np.array([[get(r, p)['miou_mean'] if get(r, p) else np.nan for p in cols] for r in rows], dtype=float).reshape(len(rows), len(cols))
-    fig = NotebookFigure(figsize=(1.3 + 1.25 * max(len(cols), 1), 0.5 + 0.32 * max(len(rows), 1))); ax = fig.add_subplot()
+    a = np.array([[get(r, p)['miou_mean'] if get(r, p) else np.nan for p in cols] for r in rows],
+                 dtype=float).reshape(len(rows), len(cols))
+    fig = NotebookFigure(figsize=(1.3 + 1.25 * max(len(cols), 1), 0.5 + 0.32 * max(len(rows), 1)))
+    ax = fig.add_subplot()
     if not np.isfinite(a).any():
-        ax.text(0.5, 0.5, 'no finished runs yet', ha='center', va='center', transform=ax.transAxes); ax.set_axis_off()
+        ax.text(0.5, 0.5, 'no finished runs yet', ha='center', va='center', transform=ax.transAxes)
+        ax.set_axis_off()
         return fig
     lo, hi = np.nanmin(a), np.nanmax(a)
     span = hi - lo + 1e-9                                   # light shades only: the text stays readable
@@ -569,10 +653,13 @@ def main_table_figure(t: dict) -> NotebookFigure:
     for i, j in np.ndindex(a.shape):
         r = get(rows[i], cols[j])
         best = np.isfinite(a[i, j]) and a[i, j] == np.nanmax(a[:, j])
-        txt = '–' if r is None else f"{r['miou_mean']:.1f}" + (f" ± {r['miou_std']:.1f}" if r['miou_std'] is not None else '') + f" ({r['n']})"
+        txt = '–' if r is None else f"{r['miou_mean']:.1f}" + (f" ± {r['miou_std']:.1f}"
+                                                               if r['miou_std'] is not None
+                                                               else '') + f" ({r['n']})"
         ax.text(j, i, txt, ha='center', va='center', fontsize=7.5, fontweight='bold' if best else 'normal')
         if best: ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec='k', lw=1.5))
-    ax.set_xticks(range(len(cols)), [f"{p} labeled" if p != 'all' else 'all labels' for p in cols], fontsize=8)
+    ax.set_xticks(range(len(cols)), [f"{p} labeled" if p != 'all' else 'all labels' for p in cols],
+                  fontsize=8)
     ax.set_yticks(range(len(rows)), rows, fontsize=8); ax.tick_params(length=0)
     ax.set_title(f"{t['protocol']}: val mIoU (%), mean ± std (seeds)", fontsize=9)
     fig.tight_layout()
@@ -580,15 +667,18 @@ def main_table_figure(t: dict) -> NotebookFigure:
 
 # %% ../nbs/12a_report.ipynb #acbf777b
 def ablation_figure(t: dict) -> NotebookFigure:
-    "Bar chart of each ablation's mIoU change against its reference row (the row's `ref`) at the headline partition."
+    """Bar chart of each ablation's mIoU change against its reference row (the row's `ref`) at the headline
+    partition."""
     import collections
     h = t['headline']
     get = lambda name: table_row(t['rows'], name, h, finished=True)
     # a row without a reference is its own (the reference rows themselves): no bar
-    pairs = [(r, get(r.get('ref') or r['row'])) for r in t['rows'] if 'ablation' in r['groups'] and r['part'] == h and r['n']]
+    pairs = [(r, get(r.get('ref') or r['row'])) for r in t['rows'] if 'ablation' in r['groups']
+             and r['part'] == h and r['n']]
     pairs = [(r, b) for r, b in pairs if b and b['row'] != r['row']]
     fig = NotebookFigure(figsize=(6, 0.5 + 0.4 * max(len(pairs), 1))); ax = fig.add_subplot()
-    # per-seed differences where the rows have them; tables without per-seed values fall back to the seed means
+    # per-seed differences where the rows have them; tables without per-seed values fall back to the seed
+    # means
     pairs = [(r, b, seed_diff(r, b)) for r, b in pairs]
     # the axis names the reference most bars share; a bar against another row says which
     common = collections.Counter(b['row'] for _, b, _ in pairs).most_common(1)[0][0] if pairs else None
@@ -596,7 +686,8 @@ def ablation_figure(t: dict) -> NotebookFigure:
         d = [x['mean'] for _, _, x in pairs]
         ax.barh(range(len(pairs)), d, xerr=[x['std'] or 0 for *_, x in pairs],
                 color=['tab:green' if v > 0 else 'tab:red' for v in d], capsize=3)
-        labels = [f"{r['row']} (n={x['n']})" + ('' if b['row'] == common else f" vs {b['row']}") for r, b, x in pairs]
+        labels = [f"{r['row']} (n={x['n']})" + ('' if b['row'] == common else f" vs {b['row']}")
+                  for r, b, x in pairs]
         ax.set_yticks(range(len(pairs)), labels, fontsize=8)
         ax.axvline(0, c='k', lw=0.8)
         base = get(common)
@@ -607,7 +698,8 @@ def ablation_figure(t: dict) -> NotebookFigure:
 
 # %% ../nbs/12a_report.ipynb #f891e106
 def class_iou_figure(t: dict) -> NotebookFigure:
-    "Heat map of the per-class IoU seed means of the main rows at the headline partition (and supervised with all labels)."
+    """Heat map of the per-class IoU seed means of the main rows at the headline partition (and supervised
+    with all labels)."""
     rows = [r for r in t['rows'] if r['n'] and 'main' in r['groups'] and r['part'] in (t['headline'], 'all')]
     fig = NotebookFigure(figsize=(8, 0.6 + 0.35 * max(len(rows), 1))); ax = fig.add_subplot()
     if rows:
@@ -626,14 +718,16 @@ def class_iou_figure(t: dict) -> NotebookFigure:
 
 # %% ../nbs/12a_report.ipynb #18bb60de
 def distillation_figure(t: dict, protocol=None) -> NotebookFigure:
-    "mIoU (seed mean ± std) against forward GFLOPs per image of the students and teachers in the table's distillation summary."
+    """mIoU (seed mean ± std) against forward GFLOPs per image of the students and teachers in the table's
+    distillation summary."""
     spec = _protocol_of(t, protocol).get('distillation') or {}
     s = t.get(spec.get('row'))
     name = spec.get('name', 'distillation')
     fig = NotebookFigure(figsize=(6, 4)); ax = fig.add_subplot()
     done = [e for e in (s or {}).get('entries', []) if e['n']]
     for e in done:
-        ax.errorbar(e['gflops'], e['miou_mean'], yerr=e['miou_std'] or 0, marker='s' if e['role'] != 'student' else 'o', capsize=3,
+        ax.errorbar(e['gflops'], e['miou_mean'], yerr=e['miou_std'] or 0,
+                    marker='s' if e['role'] != 'student' else 'o', capsize=3,
                     label=f"{e['role']}: {e['trained_by']} (n={e['n']})")
     if done: ax.legend(fontsize=7)
     else: ax.text(0.5, 0.5, f'no finished {name} runs yet', ha='center', va='center', transform=ax.transAxes)

@@ -19,7 +19,8 @@ __all__ = ['PROTOCOL_DIR', 'TRAIN_MODULE', 'protocol_names', 'load_protocol', 'c
 # %% ../nbs/12_runner.ipynb #9e96e471
 PROTOCOL_DIR = Path(mkd_nb.__file__).parent / 'protocols'   # shipped as package data (setup.py)
 
-_PROTOCOL_FIELDS = dict(doc=str, config=dict, parts=list, seeds=list, headline=str, num_classes=int, image_size=list, ref=str,
+_PROTOCOL_FIELDS = dict(doc=str, config=dict, parts=list, seeds=list, headline=str, num_classes=int,
+                        image_size=list, ref=str,
                         rows=list, targets=dict, root_env=str, default_root=str, distillation=dict)
 _REQUIRED = ('doc', 'config', 'parts', 'seeds', 'headline', 'num_classes', 'image_size', 'rows', 'targets')
 _ROW_FIELDS = dict(name=str, method=str, groups=list, parts=list, seeds=list, ref=str, needs=dict,
@@ -51,7 +52,8 @@ def _check_fields(where: str, got: dict, fields: dict, required=()):
             raise ConfigError('protocol', f"{where}: {k} should be a {fields[k].__name__}, not {v!r}")
 
 def _check_rows_named(f, p: dict):
-    "Every row that a reference, a need, the targets or the distillation summary names is a row of the protocol."
+    """Every row that a reference, a need, the targets or the distillation summary names is a row of the
+    protocol."""
     names = [r['name'] for r in p['rows']]
     if len(set(names)) < len(names): raise ConfigError('protocol', f"{f}: two rows share a name")
     spec = p.get('distillation') or {}
@@ -60,13 +62,16 @@ def _check_rows_named(f, p: dict):
     named += [('targets.main', p['targets'].get('main')), ('targets.base', p['targets'].get('base'))]
     named += [('targets.peers', v) for v in p['targets'].get('peers', [])]
     named += [(f'distillation.{k}', spec[k]) for k in ('row', 'student') if k in spec]
-    named += [(f'distillation.{k}', e['row']) for k in ('must_beat', 'teachers', 'entries') for e in spec.get(k, [])]
+    named += [(f'distillation.{k}', e['row']) for k in ('must_beat', 'teachers', 'entries')
+              for e in spec.get(k, [])]
     for where, row in named:
         if row not in names: raise ConfigError('protocol',
-                                               f"{f}: {where} names {row!r}, which is not a row of the protocol")
+                                               f"{f}: {where} names {row!r}, which is not a row of the "
+                                               "protocol")
 
 def load_protocol(protocol) -> dict:
-    "Protocol `protocol` (a shipped name, a `.toml` path, or a loaded dict) as a dict; each row with all its fields."
+    """Protocol `protocol` (a shipped name, a `.toml` path, or a loaded dict) as a dict; each row with all its
+    fields."""
     if isinstance(protocol, dict): return protocol
     f = _protocol_file(protocol)
     try: p = tomllib.loads(f.read_text())
@@ -76,7 +81,8 @@ def load_protocol(protocol) -> dict:
     for i, r in enumerate(p['rows']):
         _check_fields(f"{f}: rows[{i}] ({r.get('name', '?')})", r, _ROW_FIELDS, ('name', 'method', 'groups'))
         rows.append(dict(name=r['name'], method=r['method'], groups=tuple(r['groups']),
-                         parts=tuple(r['parts']) if 'parts' in r else None, seeds=tuple(r['seeds']) if 'seeds' in r else None,
+                         parts=tuple(r['parts']) if 'parts' in r else None,
+                         seeds=tuple(r['seeds']) if 'seeds' in r else None,
                          ref=r.get('ref', p.get('ref')), needs=r.get('needs', {}),
                          overrides=r.get('overrides', {})))
     p = dict(p, name=f.stem, file=str(f), rows=rows, parts=tuple(p['parts']),
@@ -91,18 +97,22 @@ def cell_name(row: str, part: str, seed: int) -> str:
     return f"{slug(row)}__{slug(part)}__s{seed}"
 
 def protocol_cells(protocol) -> list:
-    """Every cell of `protocol` (a name, a `.toml` path or a loaded dict), seed-major (all seed-0 cells first), so that a
+    """Every cell of `protocol` (a name, a `.toml` path or a loaded dict), seed-major (all seed-0 cells
+    first), so that a
     partial table has whole seeds."""
     p, cells = load_protocol(protocol), []
     for seed in p['seeds']:
         for r in p['rows']:
             if r['seeds'] is not None and seed not in r['seeds']: continue
             for part in r['parts'] or p['parts']:
-                cells.append(dict(row=r['name'], method=r['method'], groups=r['groups'], part=part, seed=seed, ref=r['ref'],
+                cells.append(dict(row=r['name'], method=r['method'], groups=r['groups'], part=part, seed=seed,
+                                  ref=r['ref'],
                                   name=cell_name(r['name'], part, seed), overrides=dict(r['overrides']),
                                   needs={f: cell_name(dep, part, seed) for f, dep in r['needs'].items()}))
     names = [c['name'] for c in cells]
-    for c in cells:   # a cell may only need cells of the same protocol that come before it (so seed-major order runs them first)
+    # a cell may only need cells of the same protocol that come before it (so seed-major order runs them
+    # first)
+    for c in cells:
         for f, dep in c['needs'].items():
             if dep not in names[:names.index(c['name'])]:
                 raise ConfigError('protocol', f"{p['name']}: cell {c['name']} needs {dep} for {f}, "
@@ -111,7 +121,8 @@ def protocol_cells(protocol) -> list:
 
 # %% ../nbs/12_runner.ipynb #df257f49
 def select_cells(cells: list, only=None, shard: Optional[str] = None, parts=None, seeds=None) -> list:
-    "Cells whose row is in `only`, partition in `parts` and seed in `seeds` (each: all if empty), then the `shard` 'i/n' (1-based) of them."
+    """Cells whose row is in `only`, partition in `parts` and seed in `seeds` (each: all if empty), then the
+    `shard` 'i/n' (1-based) of them."""
     allc = cells
     if seeds is not None and seeds != '':
         try: seeds = [int(x) for x in (str(seeds).split(',') if isinstance(seeds, (str, int)) else seeds)]
@@ -124,7 +135,10 @@ def select_cells(cells: list, only=None, shard: Optional[str] = None, parts=None
     if parts:
         parts = [q.strip() for q in (parts.split(',') if isinstance(parts, str) else parts) if q.strip()]
         bad = [q for q in parts if q not in {c['part'] for c in allc}]
-        if bad: raise ConfigError('parts', f"unknown partition(s) {bad}; valid: {', '.join(dict.fromkeys(c['part'] for c in allc))}")
+        if bad:
+            raise ConfigError('parts',
+                              f"unknown partition(s) {bad}; valid: "
+                              f"{', '.join(dict.fromkeys(c['part'] for c in allc))}")
         cells = [c for c in cells if c['part'] in parts]
     if only:
         only = [o.strip() for o in (only.split(',') if isinstance(only, str) else only) if o.strip()]
@@ -135,15 +149,18 @@ def select_cells(cells: list, only=None, shard: Optional[str] = None, parts=None
         if bad: raise ConfigError('only',
                                   f"unknown row(s) {bad}; valid rows: {', '.join(sorted(rows))}; groups: "
                                   f"{', '.join(sorted(groups))}")
-        # a row name is taken exactly; a group takes its rows; a method that is not also a row name takes all its rows
-        keep = lambda c: any(o == c['row'] or o in c['groups'] or (o == c['method'] and o not in rows) for o in only)
+        # a row name is taken exactly; a group takes its rows; a method that is not also a row name takes all
+        # its rows
+        keep = lambda c: any(o == c['row'] or o in c['groups'] or (o == c['method'] and o not in rows)
+                             for o in only)
         cells = [c for c in cells if keep(c)]
     cells = _with_needs(allc, cells)
     if shard:
         try: i, n = (int(v) for v in shard.split('/'))
         except ValueError: raise ConfigError('shard', f"expects i/n such as 1/3, got {shard!r}") from None
         if not 1 <= i <= n: raise ConfigError('shard', f"needs 1 <= i <= n, got {shard!r}")
-        # deal out whole groups of cells linked by `needs` (teachers with their students), so no shard waits on another
+        # deal out whole groups of cells linked by `needs` (teachers with their students), so no shard waits
+        # on another
         group = {c['name']: c['name'] for c in cells}
         root = lambda x: x if group[x] == x else root(group[x])
         for c in cells:
@@ -162,15 +179,19 @@ def _with_needs(allc: list, cells: list) -> list:
     return [c for c in allc if c['name'] in want]
 
 # %% ../nbs/12_runner.ipynb #20d3647d
-# mkd-train's own flags for these config fields; any other field goes through --set (a cell's `needs` fields are flags too)
-TRAIN_MODULE = ('-m', 'mkd_nb.cli', 'train')   # `python -m mkd_nb.cli train` is mkd-train, with this very Python
+# mkd-train's own flags for these config fields; any other field goes through --set (a cell's `needs` fields
+# are flags too)
+# `python -m mkd_nb.cli train` is mkd-train, with this very Python
+TRAIN_MODULE = ('-m', 'mkd_nb.cli', 'train')
 _TRAIN_FLAGS = ('dataset', 'encoder', 'crop', 'batch_size', 'unlabeled_batch_size', 'lr', 'iters',
                 'eval_every', 'workers', 'device')
 
-def cell_command(protocol, cell: dict, out, root: Optional[str] = None, threads: Optional[int] = None) -> list:
+def cell_command(protocol, cell: dict, out, root: Optional[str] = None,
+                 threads: Optional[int] = None) -> list:
     "The `mkd-train` argument list of `cell` of `protocol`, writing into `out/runs/<cell name>`."
     p = load_protocol(protocol)
-    kw = dict(p['config'], **cell['overrides'], **{f: need_path(out, dep) for f, dep in cell['needs'].items()})
+    kw = dict(p['config'], **cell['overrides'],
+              **{f: need_path(out, dep) for f, dep in cell['needs'].items()})
     flat = dict(method=cell['method'], labeled=cell['part'], split_seed=cell['seed'], seed=cell['seed'],
                 out=str(Path(out) / 'runs' / cell['name']), resume='auto')
     if root: flat['root'] = root
@@ -182,7 +203,8 @@ def cell_command(protocol, cell: dict, out, root: Optional[str] = None, threads:
     return [sys.executable, *TRAIN_MODULE] + argv
 
 def need_path(out, dep: str) -> str:
-    "The checkpoint a cell needs from cell `dep`: its `last.pt` (the network the table reports, at the last iteration)."
+    """The checkpoint a cell needs from cell `dep`: its `last.pt` (the network the table reports, at the last
+    iteration)."""
     return str(Path(out) / 'runs' / dep / 'last.pt')
 
 def protocol_root(protocol, root: Optional[str] = None) -> Optional[str]:
@@ -192,19 +214,23 @@ def protocol_root(protocol, root: Optional[str] = None) -> Optional[str]:
     root = root or os.environ.get(p['root_env']) or p['default_root']
     if not root or not Path(root).is_dir():
         raise ConfigError('root',
-                          f"protocol {p['name']} needs its data at {root} (not found): pass --root or set {p['root_env']}")
+                          f"protocol {p['name']} needs its data at {root} (not found): pass --root or set "
+                          f"{p['root_env']}")
     return str(Path(root).resolve())
 
 def cell_config(protocol, cell: dict, root: Optional[str] = None, out='.') -> Config:
     "The `Config` cell `cell` of `protocol` trains with (checkpoints it needs are looked for under `out`)."
-    kw = dict(load_protocol(protocol)['config'], **cell['overrides'], labeled=cell['part'], split_seed=cell['seed'], seed=cell['seed'],
+    kw = dict(load_protocol(protocol)['config'], **cell['overrides'], labeled=cell['part'],
+              split_seed=cell['seed'], seed=cell['seed'],
               **{f: need_path(out, dep) for f, dep in cell['needs'].items()})
     if kw['dataset'] != 'synthetic': kw['root'] = root or '.'
     return make_config(cell['method'], **kw)
 
 def _stored_path(value: str, out) -> str:
-    """A checkpoint path as a finished run stored it, made absolute. A relative path was relative to the folder the
-    runner ran in, which may differ from this one (`../results/x` from nbs/ for `results/x` stored at the repo root):
+    """A checkpoint path as a finished run stored it, made absolute. A relative path was relative to the
+    folder the
+    runner ran in, which may differ from this one (`../results/x` from nbs/ for `results/x` stored at the repo
+    root):
     its part before `runs/` names the protocol folder as it was spelled then, so it is re-rooted on `out`."""
     if os.path.isabs(value): return os.path.realpath(value)
     parts = Path(value).parts
@@ -216,7 +242,8 @@ def _stored_path(value: str, out) -> str:
     return os.path.realpath(value)
 
 def _same_checkpoints(theirs: dict, cfg: Config, fields, out='.') -> dict:
-    """`theirs` (a run's config.json) and `cfg` with the checkpoint paths of `fields` resolved alike, however `out`
+    """`theirs` (a run's config.json) and `cfg` with the checkpoint paths of `fields` resolved alike, however
+    `out`
     was spelled. The one place the runner reads method fields of a config."""
     if 'method' in theirs: theirs = dict(theirs, method=dict(theirs['method']))
     for f in fields:
@@ -226,7 +253,8 @@ def _same_checkpoints(theirs: dict, cfg: Config, fields, out='.') -> dict:
     return theirs
 
 def cell_status(protocol, cell: dict, out) -> tuple:
-    "('done', metrics) for a finished cell, ('stale', reason) for one finished under another configuration, else ('todo', None)."
+    """('done', metrics) for a finished cell, ('stale', reason) for one finished under another configuration,
+    else ('todo', None)."""
     from mkd_nb.train import config_diff
     d = Path(out) / 'runs' / cell['name']
     try: m = json.loads((d / 'metrics.json').read_text())
@@ -240,22 +268,25 @@ def cell_status(protocol, cell: dict, out) -> tuple:
     return ('stale', '; '.join(diff[:3])) if diff else ('done', m)
 
 def cell_done(protocol, cell: dict, out) -> Optional[dict]:
-    "The cell's `metrics.json` if it finished the protocol's iterations under the protocol's configuration, else None."
+    """The cell's `metrics.json` if it finished the protocol's iterations under the protocol's configuration,
+    else None."""
     status, metrics = cell_status(protocol, cell, out)
     return metrics if status == 'done' else None
 
 # %% ../nbs/12_runner.ipynb #689e7923
-def run_cells(protocol, cells: list, out, root: Optional[str] = None, jobs: int = 1, threads: Optional[int] = None,
-              log=print) -> dict:
-    "Run every unfinished cell of `cells`; returns {'done': [...], 'ran': [...], 'failed': [...]} (cell names)."
+def run_cells(protocol, cells: list, out, root: Optional[str] = None, jobs: int = 1,
+              threads: Optional[int] = None, log=print) -> dict:
+    """Run every unfinished cell of `cells`; returns {'done': [...], 'ran': [...], 'failed': [...]} (cell
+    names)."""
     import fcntl, subprocess
     if jobs < 1: raise ConfigError('jobs', f"must be >= 1, got {jobs}")
-    if threads is None and jobs > 1: threads = max(1, (os.cpu_count() or 1) // jobs)   # jobs x threads = cores
+    # jobs x threads = cores
+    if threads is None and jobs > 1: threads = max(1, (os.cpu_count() or 1) // jobs)
     out = Path(out); (out / 'runs').mkdir(parents=True, exist_ok=True)
     status = {c['name']: cell_status(protocol, c, out) for c in cells}
     todo = [c for c in cells if status[c['name']][0] == 'todo']
-    res = {'done': [c['name'] for c in cells if status[c['name']][0] == 'done'], 'ran': [], 'failed': [], 'stale': [], 'busy': [],
-           'blocked': []}
+    res = {'done': [c['name'] for c in cells if status[c['name']][0] == 'done'], 'ran': [], 'failed': [],
+           'stale': [], 'busy': [], 'blocked': []}
     for c in cells:
         if status[c['name']][0] == 'stale':
             res['stale'].append(c['name'])
@@ -272,19 +303,23 @@ def run_cells(protocol, cells: list, out, root: Optional[str] = None, jobs: int 
             running.remove(item); f.close()
             ok = pr.returncode == 0 and cell_done(protocol, c, out) is not None
             res['ran' if ok else 'failed'].append(c['name'])
-            tail = '' if ok else ' | ' + ' | '.join(Path(f.name).read_text(errors='replace').strip().splitlines()[-3:])
+            tail = ('' if ok else
+                    ' | ' + ' | '.join(Path(f.name).read_text(errors='replace').strip().splitlines()[-3:]))
             log(f"  {'finished' if ok else 'FAILED'} {c['name']} in {time.time() - t0:.0f} s (exit "
                 f"{pr.returncode}){tail}")
     by_name = {c['name']: c for c in protocol_cells(protocol)}
     def blocker(c):
-        "None when every cell `c` needs has finished and left its checkpoint, 'wait' while one is queued or running here, else why not."
+        """None when every cell `c` needs has finished and left its checkpoint, 'wait' while one is queued or
+        running here, else why not."""
         for dep in c['needs'].values():
             if dep in {x['name'] for x in pending} | {x[0]['name'] for x in running}: return 'wait'
             if cell_done(protocol, by_name[dep], out) is None:
-                return f"needs {dep}, which has not finished here ({'failed' if dep in res['failed'] else 'run it, or wait for the process training it'})"
+                return (f"needs {dep}, which has not finished here ("
+                        f"{'failed' if dep in res['failed'] else 'run it, or wait for the process training it'})")
             ck = Path(need_path(out, dep))
             if not ck.is_file():   # e.g. a fresh clone: run folders are kept in git, checkpoints are not
-                return f"needs {ck}, which is missing (checkpoints are not kept in git): move {ck.parent} away and run again to retrain it"
+                return (f"needs {ck}, which is missing (checkpoints are not kept in git): "
+                        f"move {ck.parent} away and run again to retrain it")
         return None
     pending = list(todo)
     while pending:
@@ -301,7 +336,8 @@ def run_cells(protocol, cells: list, out, root: Optional[str] = None, jobs: int 
             time.sleep(0.5); continue
         cmd = cell_command(protocol, c, out, root, threads)
         d = out / 'runs' / c['name']; d.mkdir(parents=True, exist_ok=True)
-        # One trainer per cell folder, across runners and shards: the lock file descriptor is handed to the child, so the lock
+        # One trainer per cell folder, across runners and shards: the lock file descriptor is handed to the
+        # child, so the lock
         # lives as long as the training does, even if this runner is killed first.
         lock = os.open(d / '.lock', os.O_RDWR | os.O_CREAT)
         try: fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -329,21 +365,28 @@ def _lock_held(d: Path) -> bool:
     finally: os.close(fd)
 
 def plan_cells(protocol, cells: list, out) -> list:
-    """For each of `cells`: {'name', 'status', 'est_s', 'basis', 'missing'}; `est_s` estimates the wall time of an unfinished cell (None: no basis).
-    A cell whose teacher finished but left no checkpoint here (a fresh clone keeps run folders, not checkpoints) is 'blocked';
+    """For each of `cells`: {'name', 'status', 'est_s', 'basis', 'missing'}; `est_s` estimates the wall time
+    of an unfinished cell (None: no basis).
+    A cell whose teacher finished but left no checkpoint here (a fresh clone keeps run folders, not
+    checkpoints) is 'blocked';
     `missing` maps each such teacher cell to its own wall time, the price of training it again."""
     import math
     out, all_cells, nets = Path(out), protocol_cells(protocol), {}
     def net(c):   # (encoder, decoder width): fixed by the row
-        if c['row'] not in nets: nets[c['row']] = (lambda m: (m.encoder, m.decoder_channels))(cell_config(protocol, c, out=out).model)
+        if c['row'] not in nets:
+            nets[c['row']] = (lambda m: (m.encoder, m.decoder_channels))(cell_config(protocol, c,
+                                                                                     out=out).model)
         return nets[c['row']]
     status = {c['name']: cell_status(protocol, c, out) for c in all_cells}
     by_row, by_net = {}, {}
     for c in all_cells:
         st, m = status[c['name']]
         if st == 'done' and m.get('wall_time_s'):
-            by_row.setdefault(c['row'], []).append(m['wall_time_s']); by_net.setdefault((c['method'],) + net(c), []).append(m['wall_time_s'])
-    try: ratio = {r['method']: r['time_vs_sup'] for r in json.loads((out / 'step-cpu.json').read_text()) if r.get('time_vs_sup')}
+            by_row.setdefault(c['row'], []).append(m['wall_time_s'])
+            by_net.setdefault((c['method'],) + net(c), []).append(m['wall_time_s'])
+    try:
+        ratio = {r['method']: r['time_vs_sup'] for r in json.loads((out / 'step-cpu.json').read_text())
+                 if r.get('time_vs_sup')}
     except (FileNotFoundError, json.JSONDecodeError): ratio = {}
     # the protocol's own network: that of the first cell whose row leaves the network alone
     own = net(next(c for c in all_cells if not {'arch', 'encoder', 'decoder_channels'} & set(c['overrides'])))
@@ -358,24 +401,32 @@ def plan_cells(protocol, cells: list, out) -> list:
         if st in ('todo', 'running', 'blocked'):
             refs = [m for m in ratio if m != c['method'] and (m,) + own in by_net]
             if c['row'] in by_row:
-                w = by_row[c['row']]; est, basis = statistics.median(w), f"median of {len(w)} finished cell(s) of this row"
+                w = by_row[c['row']]
+                est, basis = statistics.median(w), f"median of {len(w)} finished cell(s) of this row"
             elif k in by_net:
-                w = by_net[k]; est, basis = statistics.median(w), f"median of {len(w)} finished {c['method']} cell(s)"
+                w = by_net[k]
+                est, basis = statistics.median(w), f"median of {len(w)} finished {c['method']} cell(s)"
             elif k[1:] == own and c['method'] in ratio and refs:
                 ref = min(refs, key=lambda m: abs(math.log(ratio[c['method']] / ratio[m])))
                 est = ratio[c['method']] / ratio[ref] * statistics.median(by_net[(ref,) + own])
                 basis = f"{ref} cells x {ratio[c['method']] / ratio[ref]:.2f} (step-time table)"
         if st == 'blocked':
-            basis = (basis + '; ' if basis else '') + f"blocked: {', '.join(missing)} left no checkpoint here; move {'its folder' if len(missing) == 1 else 'their folders'} away to train again"
+            basis = (basis + '; ' if basis
+                     else '') + (f"blocked: {', '.join(missing)} left no checkpoint here; "
+                                 f"move {'its folder' if len(missing) == 1 else 'their folders'} away "
+                                 f"to train again")
         res.append(dict(name=c['name'], status=st, est_s=est, basis=basis, missing=missing))
     return res
 
 def _plan_lines(plan: list, jobs: int) -> list:
     if jobs < 1: raise ConfigError('jobs', f'--jobs must be at least 1, not {jobs}')
-    L = [f"{p['status']:7s} {p['name']:44s}" + ('' if p['est_s'] is None else f" ~{p['est_s'] / 60:4.0f} min") +
+    L = [f"{p['status']:7s} {p['name']:44s}"
+         + ('' if p['est_s'] is None else f" ~{p['est_s'] / 60:4.0f} min") +
          (f"  ({p['basis']})" if p['basis'] else '') for p in plan]
-    todo, count = [p for p in plan if p['status'] in ('todo', 'blocked')], lambda st: sum(p['status'] == st for p in plan)
-    again = {dep: w for p in plan if p['status'] == 'blocked' for dep, w in p['missing'].items()}   # teachers to train again, once each
+    todo, count = [p for p in plan if p['status'] in ('todo', 'blocked')], lambda st: sum(p['status'] == st
+                                                                                          for p in plan)
+    # teachers to train again, once each
+    again = {dep: w for p in plan if p['status'] == 'blocked' for dep, w in p['missing'].items()}
     est = [p['est_s'] for p in todo if p['est_s'] is not None] + [w for w in again.values() if w]
     unknown = len(todo) - sum(p['est_s'] is not None for p in todo) + sum(not w for w in again.values())
     L.append(f"{len(todo)} of {len(plan)} cells to run ({count('done')} done, {count('running')} running "
@@ -383,7 +434,9 @@ def _plan_lines(plan: list, jobs: int) -> list:
              + (f", {count('blocked')} blocked until {len(again)} finished teacher cell(s) whose checkpoints "
                 f"are gone train again, "
                 f"counted below" if again else '') + f"): "
-             f"about {sum(est) / 3600:.1f} cell-hours" + (f" plus {unknown} without an estimate" if unknown else '') +
-             f"; with --jobs {jobs}, at least {max(sum(est) / jobs, max(est, default=0)) / 3600:.1f} h of wall time "
+             f"about {sum(est) / 3600:.1f} cell-hours"
+             + (f" plus {unknown} without an estimate" if unknown else '') +
+             f"; with --jobs {jobs}, at least {max(sum(est) / jobs, max(est, default=0)) / 3600:.1f} h of "
+             "wall time "
              f"(estimates from cells run two at a time, one thread each)")
     return L

@@ -17,7 +17,8 @@ from fastcore.script import call_parse
 
 import mkd_nb
 from .core import *
-from .data import (get_dataset, SyntheticScenes, make_split, read_split, save_splits, split_checksum, check_dataset,
+from .data import (get_dataset, SyntheticScenes, make_split, read_split, save_splits, split_checksum,
+                         check_dataset,
                          drop_bad, DataError, write_split, with_unlabeled, unlabeled_ids, folder_has_split,
                          hold_out)
 from .loader import SemiLoader, build_data
@@ -44,7 +45,8 @@ def lr_at(it: int, base: float, t: TrainConfig) -> float:
     return base * (1 - it / t.iters) ** t.poly_power
 
 def param_groups(nets, head_lr_mult: float = 1.0) -> list:
-    "Optimizer groups: encoder parameters at the base lr, the rest (decoder, head) at `head_lr_mult` times it; one group when it is 1."
+    """Optimizer groups: encoder parameters at the base lr, the rest (decoder, head) at `head_lr_mult` times
+    it; one group when it is 1."""
     ps = [p for n in nets for p in n.parameters() if p.requires_grad]
     if head_lr_mult == 1: return [{'params': ps, 'lr_mult': 1.0}]
     enc = {id(p) for n in nets if hasattr(n, 'encoder') for p in n.encoder.parameters()}
@@ -82,7 +84,8 @@ def check_finite(out: dict, it: int):
         if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all():
             if k != 'loss': raise TrainingError(f"iteration {it}: loss term `{k}` is {v.item()}; stopping "
                                                 f"(last.pt keeps the last good state)")
-    raise TrainingError(f"iteration {it}: the loss is {out['loss'].item()}; stopping (last.pt keeps the last good state)")
+    raise TrainingError(f"iteration {it}: the loss is {out['loss'].item()}; stopping (last.pt keeps the last "
+                        "good state)")
 
 # %% ../nbs/10_train.ipynb #2eaf2656
 def rng_state() -> dict:
@@ -106,17 +109,20 @@ def set_rng_state(st: dict):
 import datetime
 import torch.distributed as dist
 
-_RANK_SEED = 100_003   # rank r seeds its global RNG with seed + r * _RANK_SEED: CutMix boxes and dropout differ per rank
+# rank r seeds its global RNG with seed + r * _RANK_SEED: CutMix boxes and dropout differ per rank
+_RANK_SEED = 100_003
 _PG = {'owned': False}
 
 def dist_env() -> tuple:
-    "(rank, world size, local rank): from the process group when there is one, else from torchrun's variables, else (0, 1, 0)."
+    """(rank, world size, local rank): from the process group when there is one, else from torchrun's
+    variables, else (0, 1, 0)."""
     local = int(os.environ.get('LOCAL_RANK', 0))
     if dist.is_available() and dist.is_initialized(): return dist.get_rank(), dist.get_world_size(), local
     return int(os.environ.get('RANK', 0)), int(os.environ.get('WORLD_SIZE', 1)), local
 
 def init_distributed(device: str = 'auto', timeout_s: Optional[float] = None) -> tuple:
-    "Join the process group torchrun describes (nccl on CUDA, gloo on the CPU); a no-op in a single process. Returns (rank, world, device)."
+    """Join the process group torchrun describes (nccl on CUDA, gloo on the CPU); a no-op in a single process.
+    Returns (rank, world, device)."""
     rank, world, local = dist_env()
     dev = get_device(device)
     if world > 1:
@@ -142,11 +148,13 @@ def _bn_buffers(nets) -> list:
     out = []
     for net in nets:
         for m in net.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None: out += [m.running_mean, m.running_var]
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
+                out += [m.running_mean, m.running_var]
     return out
 
 def all_average(tensors: list, world: int, bucket_mb: float = 64) -> int:
-    "Average floating tensors in place over all processes, flattened into buckets of at most `bucket_mb` MiB per dtype and device; returns the number of collectives."
+    """Average floating tensors in place over all processes, flattened into buckets of at most `bucket_mb` MiB
+    per dtype and device; returns the number of collectives."""
     groups, calls, cap = {}, 0, bucket_mb * 2**20
     for t in tensors: groups.setdefault((t.dtype, t.device), []).append(t)
     for ts in groups.values():
@@ -163,7 +171,8 @@ def all_average(tensors: list, world: int, bucket_mb: float = 64) -> int:
     return calls
 
 def sync_grads(params: list, buffers: list, world: int, bucket_mb: float = 64) -> int:
-    "Average the gradients of `params` and the `buffers` over all processes (a gradient that no process has stays None)."
+    """Average the gradients of `params` and the `buffers` over all processes (a gradient that no process has
+    stays None)."""
     has = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=params[0].device)
     for p in params:
         if p.grad is None: p.grad = torch.zeros_like(p)
@@ -173,7 +182,8 @@ def sync_grads(params: list, buffers: list, world: int, bucket_mb: float = 64) -
     return calls
 
 def fault_point() -> Optional[tuple]:
-    "Fault injection for tests: `MKD_FAULT_EXIT_AT='iter:rank'` (rank defaults to 0) makes that process `os._exit(1)` just before that iteration."
+    """Fault injection for tests: `MKD_FAULT_EXIT_AT='iter:rank'` (rank defaults to 0) makes that process
+    `os._exit(1)` just before that iteration."""
     v = os.environ.get('MKD_FAULT_EXIT_AT')
     if not v: return None
     it, _, r = v.partition(':')
@@ -184,7 +194,8 @@ RUN_FREE_FIELDS = {'train': {'resume', 'out', 'threads', 'device', 'eval_batch_s
                    'data': {'workers', 'root', 'skip_bad'}}
 
 def config_diff(theirs: dict, mine: Config) -> list:
-    "Fields (as 'section.name: theirs vs now') where the stored config dict `theirs` differs from `mine`, ignoring where and how it runs."
+    """Fields (as 'section.name: theirs vs now') where the stored config dict `theirs` differs from `mine`,
+    ignoring where and how it runs."""
     try: theirs = Config.from_dict(theirs).to_dict()   # a field the stored config predates: what it ran with
     except ConfigError as e: return [f"the checkpoint's configuration: {e}"]
     m = mine.to_dict()
@@ -197,7 +208,8 @@ def _to(batch, device, channels_last=False):
     out = {}
     for k, v in batch.items():
         v = v.to(device, non_blocking=True)
-        if channels_last and v.dim() == 4 and v.is_floating_point(): v = v.contiguous(memory_format=torch.channels_last)
+        if channels_last and v.dim() == 4 and v.is_floating_point():
+            v = v.contiguous(memory_format=torch.channels_last)
         out[k] = v
     return out
 
@@ -209,13 +221,15 @@ def _show_bars() -> bool:
     return in_notebook() or sys.stdout.isatty()
 
 class _NoBar:
-    "Stands in for a fastprogress master bar when output is a log: iterates and prints table rows as log lines."
+    """Stands in for a fastprogress master bar when output is a log: iterates and prints table rows as log
+    lines."""
     def __init__(self, it, log): self.it, self.log, self.child = it, log, type('C', (), {'comment': ''})()
     def __iter__(self): return iter(self.it)
     def write(self, row, table=False): self.log.info('  '.join(f"{c:>9}" for c in row))
 
 def smooth(y, weight: float = 0.8) -> list:
-    "Exponential moving average of `y`, bias-corrected so that it starts at the first value (a trend line over noisy losses)."
+    """Exponential moving average of `y`, bias-corrected so that it starts at the first value (a trend line
+    over noisy losses)."""
     out, m = [], 0.0
     for i, v in enumerate(y, 1):
         m = weight * m + (1 - weight) * v
@@ -225,18 +239,21 @@ def smooth(y, weight: float = 0.8) -> list:
 def _remove_run_folder(out: Path):
     "Close the log file inside `out` and remove the folder."
     log = get_logger('mkd_nb')
-    for h in [h for h in log.handlers if isinstance(h, logging.FileHandler) and Path(h.baseFilename).parent == out.resolve()]:
+    for h in [h for h in log.handlers if isinstance(h, logging.FileHandler)
+              and Path(h.baseFilename).parent == out.resolve()]:
         h.close(); log.removeHandler(h)
     shutil.rmtree(out, ignore_errors=True)
 
 class Trainer:
-    "Runs `cfg.method` on `cfg.data`: `fit()` trains, evaluates every `eval_every` iterations and checkpoints."
+    """Runs `cfg.method` on `cfg.data`: `fit()` trains, evaluates every `eval_every` iterations and
+    checkpoints."""
     def __init__(self, cfg: Config, data: dict | None = None, method: Method | None = None):
         self.cfg = cfg.check()
         out, self.is_main = Path(cfg.train.out), True
         fresh = not out.exists()
         try: self._setup(cfg, data, method)
-        except BaseException:   # a refused run leaves no folder behind (only one this call made, so all in it is ours)
+        # a refused run leaves no folder behind (only one this call made, so all in it is ours)
+        except BaseException:
             if fresh and self.is_main: _remove_run_folder(out)
             raise
 
@@ -247,11 +264,13 @@ class Trainer:
         self.out = check_output_dir(t.out) if self.is_main else Path(t.out)
         self.log = get_logger('mkd_nb', self.out if self.is_main else None, rank=self.rank)
         if t.threads: torch.set_num_threads(t.threads)
-        seed_everything(t.seed + _RANK_SEED * self.rank, t.deterministic)  # networks are built under their own fixed seeds
+        # networks are built under their own fixed seeds
+        seed_everything(t.seed + _RANK_SEED * self.rank, t.deterministic)
         self.data = data or build_data(cfg, self.log)
         C = self.data['num_classes']
         self.method = (method or build_method(cfg, C)).to(self.device)
-        if self.world > 1 and self.device.type == 'cuda':   # batch statistics of the global batch; CPU/gloo has no SyncBatchNorm
+        # batch statistics of the global batch; CPU/gloo has no SyncBatchNorm
+        if self.world > 1 and self.device.type == 'cuda':
             for net in self.method.students(): nn.SyncBatchNorm.convert_sync_batchnorm(net)
         if t.channels_last: self.method.to(memory_format=torch.channels_last)
         if t.compile:
@@ -265,8 +284,10 @@ class Trainer:
                                        weight_decay=t.weight_decay)
         else:
             self.opt = torch.optim.AdamW(groups, lr=self.base_lr, weight_decay=t.weight_decay)
-        if self.is_main: check_output_dir(self.out, need_bytes=self._disk_need())   # room for last.pt, best.pt and a temp file
-        self.bn_buffers = _bn_buffers(self.method.students() + self.method.teachers()) if self.world > 1 else []
+        # room for last.pt, best.pt and a temp file
+        if self.is_main: check_output_dir(self.out, need_bytes=self._disk_need())
+        self.bn_buffers = (_bn_buffers(self.method.students() + self.method.teachers()) if self.world > 1
+                           else [])
         self.dtype = amp_dtype(t.amp, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         unl = self.data['unlabeled'] if self.method.needs_unlabeled else None
@@ -279,53 +300,66 @@ class Trainer:
         if self.world > 1: self._agree()
         no_mask = self.data.get('n_no_mask', 0)
         self.log.info(f"{self.method.name} on {cfg.data.dataset}: {len(self.data['labeled'])} labeled, "
-                      f"{len(self.data['unl_ids'])} unlabeled" + (f" ({no_mask} without masks)" if no_mask else '') +
+                      f"{len(self.data['unl_ids'])} unlabeled"
+                      + (f" ({no_mask} without masks)" if no_mask else '') +
                       f", {len(self.data['val'])} validation, {C} classes; device {self.device}, "
                       f"{self.world} process(es); "
                       f"lr {self.base_lr:g} for a total batch of {self.total_batch} = {cfg.data.batch_size} "
                       f"x {self.world} processes x {t.grad_accum} accumulation "
-                      f"(rule: {t.lr_scaling}, defined for {t.lr_batch or self.total_batch})" + (f", x{t.head_lr_mult:g} outside the encoder" if t.head_lr_mult != 1 else ''))
+                      f"(rule: {t.lr_scaling}, defined for {t.lr_batch or self.total_batch})"
+                      + (f", x{t.head_lr_mult:g} outside the encoder" if t.head_lr_mult != 1 else ''))
 
     # -- checkpoints ------------------------------------------------------------------------------
     def _disk_need(self) -> int:
-        "Bytes a run still needs: three checkpoints (last, best, the temp file of a write) less the ones already there."
+        """Bytes a run still needs: three checkpoints (last, best, the temp file of a write) less the ones
+        already there."""
         nb = lambda sd: sum(v.numel() * v.element_size() for v in sd.values() if torch.is_tensor(v))
         est = (nb(self.method.state_dict()) + sum(nb(n.state_dict()) for n in self.method.eval_nets())
-               + (2 if self.cfg.train.optimizer == 'adamw' else 1) * sum(p.numel() * p.element_size() for p in self.params))
+               + (2 if self.cfg.train.optimizer == 'adamw' else 1) * sum(p.numel() * p.element_size()
+                                                                         for p in self.params))
         have = sum((self.out / f).stat().st_size for f in ('last.pt', 'best.pt') if (self.out / f).is_file())
         return max(0, 3 * est - have)
 
     def check_weights(self):
-        "Refuse to evaluate or save weights that became inf/NaN (a finite loss can still have an infinite gradient)."
-        sd = {k: v for k, v in self.method.state_dict().items() if torch.is_tensor(v) and v.is_floating_point()}
+        """Refuse to evaluate or save weights that became inf/NaN (a finite loss can still have an infinite
+        gradient)."""
+        sd = {k: v for k, v in self.method.state_dict().items() if torch.is_tensor(v)
+              and v.is_floating_point()}
         if not sd or bool(torch.stack([torch.isfinite(v).all() for v in sd.values()]).all()): return
         bad = [k for k, v in sd.items() if not torch.isfinite(v).all()]
         raise TrainingError(f"iteration {self.it}: {len(bad)} weight tensors became non-finite (e.g. "
                             f"`{bad[0]}`), probably from an "
-                            f"inf/NaN gradient; stopping before evaluating or saving them (last.pt keeps the last good state)")
+                            "inf/NaN gradient; stopping before evaluating or saving them (last.pt keeps the "
+                            "last good state)")
 
     def payload(self) -> dict:
         return {'format': CKPT_FORMAT, 'version': mkd_nb.__version__, 'config': self.cfg.to_dict(),
-                'num_classes': self.data['num_classes'], 'class_names': self.data['class_names'], 'iter': self.it,
-                'eval_nets': [n.state_dict() for n in self.method.eval_nets()], 'method': self.method.state_dict(),
-                'optimizer': self.opt.state_dict(), 'scaler': self.scaler.state_dict(), 'loader': self.loader.state_dict(),
+                'num_classes': self.data['num_classes'], 'class_names': self.data['class_names'],
+                'iter': self.it,
+                'eval_nets': [n.state_dict() for n in self.method.eval_nets()],
+                'method': self.method.state_dict(),
+                'optimizer': self.opt.state_dict(), 'scaler': self.scaler.state_dict(),
+                'loader': self.loader.state_dict(),
                 'rng': rng_state(), 'rng_ranks': self._rng_all(), 'world': self.world,
                 'best': dict(self.best), 'wall': self.wall, 'skipped': self.skipped,
                 'split': {'checksum': self.data['checksum'], 'labeled': len(self.data['lab_ids']),
                           'unlabeled': len(self.data['unl_ids'])}}
 
     def deploy_payload(self, p: Optional[dict] = None) -> dict:
-        "What evaluation and deployment need (`best.pt`): the evaluated network(s), the config and the class names."
+        """What evaluation and deployment need (`best.pt`): the evaluated network(s), the config and the class
+        names."""
         p = p or self.payload()
         return {k: p[k] for k in ('format', 'version', 'config', 'num_classes', 'class_names', 'iter',
                                   'eval_nets', 'best')}
 
     def resume(self, how):
-        "Continue from `last.pt` in the output folder ('auto', a fresh start when there is none) or from a checkpoint path."
+        """Continue from `last.pt` in the output folder ('auto', a fresh start when there is none) or from a
+        checkpoint path."""
         path = self.out / 'last.pt' if how == 'auto' else Path(how)
         if self.is_main:   # half files of a writer that was killed; never read, only removed
             for tmp in [*self.out.glob('.last.pt.*.tmp'), *self.out.glob('.best.pt.*.tmp')]:
-                self.log.info(f"removing {tmp.name}, a checkpoint write that never finished"); tmp.unlink(missing_ok=True)
+                self.log.info(f"removing {tmp.name}, a checkpoint write that never finished")
+                tmp.unlink(missing_ok=True)
         if not path.exists():
             if how == 'auto': return
             raise TrainingError(f"cannot resume: {path} does not exist")
@@ -345,15 +379,18 @@ class Trainer:
         self.opt.load_state_dict(ck['optimizer']); self.scaler.load_state_dict(ck['scaler'])
         self.loader.load_state_dict(ck['loader']); self._set_rng(ck)
         if ck.get('world', 1) != self.world:
-            self.log.warning(f"the checkpoint was written by {ck.get('world', 1)} process(es), this run has {self.world}: "
-                             "the total batch, the lr and the data order change from here on (not an exact resume)")
+            self.log.warning(f"the checkpoint was written by {ck.get('world', 1)} process(es), this run has "
+                             f"{self.world}: "
+                             "the total batch, the lr and the data order change from here on (not an exact "
+                             "resume)")
         self.it, self.best, self.wall, self.skipped = ck['iter'], ck['best'], ck['wall'], ck['skipped']
         self.history = [r for r in self._read_jsonl() if r.get('iter', 0) <= self.it]
         if self.is_main: self._rewrite_jsonl()
         self.log.info(f"resumed from {path} at iteration {self.it}")
 
     def _rng_all(self):
-        "Every rank's generator states (rank 0 gathers them; a collective, so all ranks call it); None in one process."
+        """Every rank's generator states (rank 0 gathers them; a collective, so all ranks call it); None in
+        one process."""
         if self.world == 1: return None
         out = [None] * self.world
         dist.all_gather_object(out, rng_state())
@@ -366,7 +403,8 @@ class Trainer:
         if self.rank: seed_everything(self.cfg.train.seed + _RANK_SEED * self.rank + int(ck['iter']))
 
     def _agree(self):
-        "All ranks start from rank 0's state, at rank 0's iteration (they resumed from the same file, or all started fresh)."
+        """All ranks start from rank 0's state, at rank 0's iteration (they resumed from the same file, or all
+        started fresh)."""
         dev = self.device if dist.get_backend() == 'nccl' else torch.device('cpu')
         it = torch.tensor([self.it], device=dev)
         dist.broadcast(it, 0)
@@ -384,7 +422,8 @@ class Trainer:
         if not self.is_main: return
         for name in ('last.pt', 'best.pt') if best else ('last.pt',):
             try: save_checkpoint(self.out / name, p if name == 'last.pt' else self.deploy_payload(p))
-            except OSError as e:   # disk full, folder gone, ...: save_checkpoint left the previous file as it was
+            # disk full, folder gone, ...: save_checkpoint left the previous file as it was
+            except OSError as e:
                 raise TrainingError(f"iteration {self.it}: writing {self.out / name} failed "
                                     f"({e.strerror or e}); the previous "
                                     f"{name} is intact: make room and continue with --resume auto") from e
@@ -400,19 +439,22 @@ class Trainer:
         return rows
 
     def _fresh_log(self):
-        "A run that starts at iteration 0 writes a new log: rows of an earlier run it does not continue go to `metrics.stale.jsonl` (appended, so several such runs all stay), never mixed in."
+        """A run that starts at iteration 0 writes a new log: rows of an earlier run it does not continue go
+        to `metrics.stale.jsonl` (appended, so several such runs all stay), never mixed in."""
         f = self.out / 'metrics.jsonl'
         text = f.read_text() if f.exists() else ''
         if not text: return
-        with open(self.out / 'metrics.stale.jsonl', 'a') as g: g.write(text if text.endswith('\n') else text + '\n')
+        with open(self.out / 'metrics.stale.jsonl', 'a') as g:
+            g.write(text if text.endswith('\n') else text + '\n')
         f.unlink()
-        self.log.warning(f"{f} held {len(text.splitlines())} rows of an earlier run that this one does not continue: "
+        self.log.warning(f"{f} held {len(text.splitlines())} rows of an earlier run that this one does not "
+                         "continue: "
                          "moved to metrics.stale.jsonl; this run starts a fresh log")
 
     def _rewrite_jsonl(self):
         tmp = self.out / 'metrics.jsonl.tmp'
-        tmp.write_text(''.join(json.dumps(r) + '\n' for r in self.history)); os.replace(tmp,
-                                                                                        self.out / 'metrics.jsonl')
+        tmp.write_text(''.join(json.dumps(r) + '\n' for r in self.history))
+        os.replace(tmp, self.out / 'metrics.jsonl')
 
     def record(self, row: dict):
         self.history.append(row)
@@ -424,8 +466,8 @@ class Trainer:
         self.cfg.to_json(self.out / 'config.json')
         val_ids = self.data.get('val_ids') or []
         save_splits(self.out / 'splits', self.data['train'], self.data['lab_ids'], self.data['unl_ids'],
-                    {'labeled': self.cfg.data.labeled, 'seed': self.cfg.data.split_seed, 'dataset': self.cfg.data.dataset,
-                     'n_val_held_out': len(val_ids)})
+                    {'labeled': self.cfg.data.labeled, 'seed': self.cfg.data.split_seed,
+                     'dataset': self.cfg.data.dataset, 'n_val_held_out': len(val_ids)})
         if val_ids: write_split(self.out / 'splits' / 'val.txt', self.data['val'], val_ids)
 
     # -- one iteration ----------------------------------------------------------------------------
@@ -441,14 +483,17 @@ class Trainer:
             with torch.autocast(self.device.type, dtype=self.dtype) if self.dtype else nullcontext():
                 out = self.method.step(lab, unl)
             scalars = out.scalars()   # 'loss', then the method's logged terms
-            skip = self.dtype == torch.float16 and not torch.isfinite(out.loss)   # fp16 overflow: GradScaler skips the update
+            # fp16 overflow: GradScaler skips the update
+            skip = self.dtype == torch.float16 and not torch.isfinite(out.loss)
             if skip: self.skipped += 1
             else: check_finite(scalars, it)
             self.scaler.scale(out.loss / t.grad_accum).backward()
             for k, v in scalars.items():   # a skipped step's inf/NaN stays out of the log averages
-                if not skip and torch.is_tensor(v) and v.dim() == 0: logs[k] = logs.get(k, 0.0) + _scalar(v) / t.grad_accum
+                if not skip and torch.is_tensor(v) and v.dim() == 0:
+                    logs[k] = logs.get(k, 0.0) + _scalar(v) / t.grad_accum
             if out.pseudo is not None and unl is not None: self._score_pseudo(*out.pseudo)
-        if self.world > 1: sync_grads(self.params, self.bn_buffers, self.world)   # (still scaled under fp16: all ranks skip together)
+        # (still scaled under fp16: all ranks skip together)
+        if self.world > 1: sync_grads(self.params, self.bn_buffers, self.world)
         if t.grad_clip:
             self.scaler.unscale_(self.opt); torch.nn.utils.clip_grad_norm_(self.params, t.grad_clip)
         self.scaler.step(self.opt); self.scaler.update(); self.opt.zero_grad(set_to_none=True)
@@ -456,11 +501,14 @@ class Trainer:
         return logs
 
     def _score_pseudo(self, pl, gt):
-        "Pseudo-label quality against the hidden ground truth of unlabeled images (a diagnostic, never trained on)."
+        """Pseudo-label quality against the hidden ground truth of unlabeled images (a diagnostic, never
+        trained on)."""
         if not self.cfg.train.diag_unlabeled: return
         sel = (pl != IGNORE_INDEX) & (gt != IGNORE_INDEX)
-        if sel.any(): self.pl_cm.update(torch.where(sel, pl, 0).cpu(), torch.where(sel, gt, IGNORE_INDEX).cpu())
-        self._pl_kept = getattr(self, '_pl_kept', [0, 0]); self._pl_kept[0] += int((pl != IGNORE_INDEX).sum()); self._pl_kept[1] += pl.numel()
+        if sel.any():
+            self.pl_cm.update(torch.where(sel, pl, 0).cpu(), torch.where(sel, gt, IGNORE_INDEX).cpu())
+        self._pl_kept = getattr(self, '_pl_kept', [0, 0])
+        self._pl_kept[0] += int((pl != IGNORE_INDEX).sum()); self._pl_kept[1] += pl.numel()
 
     # -- evaluation -------------------------------------------------------------------------------
     def eval_model(self) -> nn.Module:
@@ -472,7 +520,8 @@ class Trainer:
         self.check_weights()
         self.method.eval()
         try:
-            res = evaluate(self.eval_model(), self.data['val'], self.data['num_classes'], device=self.device, mode=t.eval_mode,
+            res = evaluate(self.eval_model(), self.data['val'], self.data['num_classes'], device=self.device,
+                           mode=t.eval_mode,
                            window=self.cfg.data.crop if t.eval_mode == 'sliding' else None, flip=t.eval_flip,
                            class_names=self.data['class_names'], parent=parent, progress=parent is not None,
                            rank=self.rank, world=self.world)
@@ -481,7 +530,8 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------------------------
     def fit(self, until: Optional[int] = None) -> dict:
-        "Train to `cfg.train.iters` (or stop after iteration `until`, checkpointing there); returns the final metrics."
+        """Train to `cfg.train.iters` (or stop after iteration `until`, checkpointing there); returns the
+        final metrics."""
         t = self.cfg.train
         stop = min(until or t.iters, t.iters)
         self.write_static()
@@ -499,7 +549,8 @@ class Trainer:
             win, wn = {}, 0          # since the last log row: each row is the mean of its own iterations
             for it in (progress_bar(range(self.it, end), parent=mb) if bars else range(self.it, end)):
                 if fault == (it, self.rank):
-                    self.log.warning(f"MKD_FAULT_EXIT_AT: rank {self.rank} exits at iteration {it}"); os._exit(1)
+                    self.log.warning(f"MKD_FAULT_EXIT_AT: rank {self.rank} exits at iteration {it}")
+                    os._exit(1)
                 ts = time.perf_counter()
                 logs = self.train_step(it)
                 data_s = logs.pop('data_s')
@@ -513,8 +564,10 @@ class Trainer:
                     win, wn = {}, 0
                     mb.child.comment = ' '.join(f"{k} {v:.3f}" for k, v in row.items() if k not in ('iter',
                                                                                                     'lr'))
-                    if not bars and self.it % (10 * t.log_every) == 0: self.log.info(f"iter {self.it}/{t.iters} " + mb.child.comment)
-                    row['step_s'] = timing['step'] / n; row['data_wait'] = timing['data'] / max(timing['step'], 1e-9)
+                    if not bars and self.it % (10 * t.log_every) == 0:
+                        self.log.info(f"iter {self.it}/{t.iters} " + mb.child.comment)
+                    row['step_s'] = timing['step'] / n
+                    row['data_wait'] = timing['data'] / max(timing['step'], 1e-9)
                     self.record(row)
             self.wall += time.time() - t0
             if self.it % t.eval_every == 0 or self.it == t.iters:
@@ -556,9 +609,10 @@ class Trainer:
         m = {'method': self.method.name, 'dataset': self.cfg.data.dataset, 'labeled': self.cfg.data.labeled,
              'n_labeled': len(self.data['lab_ids']), 'n_unlabeled': len(self.data['unl_ids']),
              'iters': self.it, 'final': {k: final.get(k) for k in ('iter', 'miou', 'pixel_acc', 'iou')},
-             'best': self.best, 'wall_time_s': self.wall, 'it_per_s': self.it / self.wall if self.wall else None,
-             'skipped_steps': self.skipped, 'torch': torch.__version__, 'device': str(self.device), 'world': self.world,
-             'total_batch': self.total_batch}
+             'best': self.best, 'wall_time_s': self.wall,
+             'it_per_s': self.it / self.wall if self.wall else None,
+             'skipped_steps': self.skipped, 'torch': torch.__version__, 'device': str(self.device),
+             'world': self.world, 'total_batch': self.total_batch}
         if self.is_main:
             tmp = self.out / 'metrics.json.tmp'
             tmp.write_text(json.dumps(m, indent=2) + '\n'); os.replace(tmp, self.out / 'metrics.json')
@@ -575,11 +629,14 @@ class Trainer:
         fig = Figure(figsize=(10, 3.5))
         ax1, ax2 = fig.subplots(1, 2)
         steps = [r for r in self.history if 'lr' in r]
-        for i, k in enumerate(sorted({k for r in steps for k in r} - {'iter', 'lr', 'step_s', 'data_wait', 'lam_fa'})):
+        for i, k in enumerate(sorted({k for r in steps for k in r} - {'iter', 'lr', 'step_s', 'data_wait',
+                                                                      'lam_fa'})):
             x, y = zip(*[(r['iter'], r[k]) for r in steps if k in r])
-            ax1.plot(x, y, color=f'C{i}', alpha=0.3, lw=0.8)                    # raw: the mean of each logged interval
+            # raw: the mean of each logged interval
+            ax1.plot(x, y, color=f'C{i}', alpha=0.3, lw=0.8)
             ax1.plot(x, smooth(y), color=f'C{i}', lw=1.6, label=k)
-        ax1.set_xlabel('iteration'); ax1.set_title(f'losses (raw every {self.cfg.train.log_every} it, smoothed)')
+        ax1.set_xlabel('iteration')
+        ax1.set_title(f'losses (raw every {self.cfg.train.log_every} it, smoothed)')
         ax1.legend(fontsize=7)
         ev = [r for r in self.history if 'miou' in r]
         if ev: ax2.plot([r['iter'] for r in ev], [r['miou'] for r in ev], 'o-', label='val mIoU')
@@ -605,7 +662,8 @@ def _parse_value(s: str):
     return s
 
 def parse_overrides(s) -> dict:
-    "'a=1,b=x' (or a list of such texts) -> {'a': 1, 'b': 'x'}, with ints, floats, booleans and None recognised."
+    """'a=1,b=x' (or a list of such texts) -> {'a': 1, 'b': 'x'}, with ints, floats, booleans and None
+    recognised."""
     if not s: return {}
     out = {}
     for text in [s] if isinstance(s, str) else s:
@@ -618,29 +676,38 @@ def parse_overrides(s) -> dict:
     return out
 
 # %% ../nbs/10_train.ipynb #25880f2c
-# The recipes, as data: each names the shared settings it starts from (`parts`, in order), then its own values (`cfg`).
+# The recipes, as data: each names the shared settings it starts from (`parts`, in order), then its own values
+# (`cfg`).
 RECIPE_PARTS = {
-    'unimatch': dict(arch='deeplabv3plus', output_stride=16, encoder_weights='imagenet', optimizer='sgd', momentum=0.9,
+    'unimatch': dict(arch='deeplabv3plus', output_stride=16, encoder_weights='imagenet', optimizer='sgd',
+                     momentum=0.9,
                      weight_decay=1e-4, poly_power=0.9, lr_batch=8, lr_scaling='linear', log_every=50),
     'unimatch-voc': dict(dataset='voc', train_split='train_aug', crop=321, lr=0.001, head_lr_mult=10.0,
                          eval_mode='whole'),
     'unimatch-cityscapes': dict(dataset='cityscapes', crop=801, lr=0.005, head_lr_mult=1.0,
                                 eval_mode='sliding'),
-    # the MKD code, with the term-by-term choices (08_methods' options table) spelled out: a recipe never drifts
+    # the MKD code, with the term-by-term choices (08_methods' options table) spelled out: a recipe never
+    # drifts
     'mkd-code': dict(
-        dataset='voc', train_split='train_aug', arch='deeplabv3plus', encoder='resnet50', encoder_weights='imagenet',
-        output_stride=16, crop=512, optimizer='sgd', momentum=0.9, lr=0.0025, lr_scaling='none', weight_decay=5e-4,
-        poly_power=0.9, iters=30000, eval_every=1500, amp='fp16', eval_mode='whole', strong_aug='mkd', log_every=50,
-        weak_photometric=True, cutmix='mkd', cutmix_boxes='code', loss_stride=8, lean_passes=False, ema_momentum=0.6,
+        dataset='voc', train_split='train_aug', arch='deeplabv3plus', encoder='resnet50',
+        encoder_weights='imagenet',
+        output_stride=16, crop=512, optimizer='sgd', momentum=0.9, lr=0.0025, lr_scaling='none',
+        weight_decay=5e-4,
+        poly_power=0.9, iters=30000, eval_every=1500, amp='fp16', eval_mode='whole', strong_aug='mkd',
+        log_every=50,
+        weak_photometric=True, cutmix='mkd', cutmix_boxes='code', loss_stride=8, lean_passes=False,
+        ema_momentum=0.6,
         ema_buffers=False, teacher_bn_mode='train', pseudo_void=True, pseudo_on_labeled=True, schedule_from=1,
         sup_logits='raw', conf_source='raw', pseudo_norm='kept', stats_at='loss', stats_updates='twice',
-        teacher_stats_on='mixed', lambda_cross=1.5, lambda_cps=1.0, feature_aug=True, feature_aug_on='students,teachers',
-        lambda_fa_max=1.5, mutual=True, eval_net='student1'),
+        teacher_stats_on='mixed', lambda_cross=1.5, lambda_cps=1.0, feature_aug=True,
+        feature_aug_on='students,teachers', lambda_fa_max=1.5, mutual=True, eval_net='student1'),
 }
 RECIPES = {
-    'voc-classic-r101': dict(source='UniMatch configs/pascal.yaml', total_batch=8, epochs=80, pool=10582, needs_split_dir=True,
+    'voc-classic-r101': dict(source='UniMatch configs/pascal.yaml', total_batch=8, epochs=80, pool=10582,
+                             needs_split_dir=True,
                              parts=('unimatch', 'unimatch-voc'), cfg=dict(encoder='resnet101')),
-    'voc-classic-r50':  dict(source='UniMatch configs/pascal.yaml', total_batch=8, epochs=80, pool=10582, needs_split_dir=True,
+    'voc-classic-r50':  dict(source='UniMatch configs/pascal.yaml', total_batch=8, epochs=80, pool=10582,
+                             needs_split_dir=True,
                              parts=('unimatch', 'unimatch-voc'), cfg=dict(encoder='resnet50')),
     'voc-blended-r101': dict(source='UniMatch configs/pascal.yaml', total_batch=8, epochs=80, pool=10582,
                              parts=('unimatch', 'unimatch-voc'), cfg=dict(encoder='resnet101')),
@@ -652,22 +719,26 @@ RECIPES = {
     'cityscapes-r50':   dict(source='UniMatch configs/cityscapes.yaml', total_batch=8, epochs=240, pool=2975,
                              per_method={'unimatch': dict(conf_thresh=0.0)},
                              parts=('unimatch', 'unimatch-cityscapes'), cfg=dict(encoder='resnet50')),
-    'mkd-official':     dict(source='MKD official code', method='mkd', per_process_batch=4, parts=('mkd-code',),
-                             cfg=dict(conf_thresh=0.0)),
-    'mkd-paper':        dict(source='MKD paper (tau 0.95)', method='mkd', per_process_batch=4, parts=('mkd-code',),
-                             cfg=dict(conf_thresh=0.95)),
+    'mkd-official':     dict(source='MKD official code', method='mkd', per_process_batch=4,
+                             parts=('mkd-code',), cfg=dict(conf_thresh=0.0)),
+    'mkd-paper':        dict(source='MKD paper (tau 0.95)', method='mkd', per_process_batch=4,
+                             parts=('mkd-code',), cfg=dict(conf_thresh=0.95)),
 }
 
 def recipe_values(name: str, method: Optional[str] = None) -> dict:
-    "The config fields recipe `name` sets for `method`: its parts, then its own values, then those for that method."
-    if name not in RECIPES: raise ConfigError('recipe', f"unknown recipe {name!r}; valid: {', '.join(RECIPES)}")
+    """The config fields recipe `name` sets for `method`: its parts, then its own values, then those for that
+    method."""
+    if name not in RECIPES:
+        raise ConfigError('recipe', f"unknown recipe {name!r}; valid: {', '.join(RECIPES)}")
     r, out = RECIPES[name], {}
     for part in r.get('parts', ()): out.update(RECIPE_PARTS[part])
     return dict(out, **r['cfg'], **r.get('per_method', {}).get(method, {}))
 
 def recipe_config(name: str, method: Optional[str] = None, world: int = 1, **kw) -> Config:
-    "The `Config` of recipe `name` for `method` on `world` processes; keyword arguments (explicit flags) override the recipe."
-    if name not in RECIPES: raise ConfigError('recipe', f"unknown recipe {name!r}; valid: {', '.join(RECIPES)}")
+    """The `Config` of recipe `name` for `method` on `world` processes; keyword arguments (explicit flags)
+    override the recipe."""
+    if name not in RECIPES:
+        raise ConfigError('recipe', f"unknown recipe {name!r}; valid: {', '.join(RECIPES)}")
     r = RECIPES[name]
     method = method or r.get('method') or 'sup'
     base = recipe_values(name, method)
@@ -676,7 +747,8 @@ def recipe_config(name: str, method: Optional[str] = None, world: int = 1, **kw)
         if r['total_batch'] % world:
             raise ConfigError('data.batch_size', f"recipe {name} has a total batch of {r['total_batch']}, "
                                                  f"which {world} processes "
-                                                 "cannot share evenly; pass --batch-size (the lr follows the total batch)")
+                                                 "cannot share evenly; pass --batch-size (the lr follows the "
+                                                 "total batch)")
         bs = r['total_batch'] // world
     base.update(batch_size=bs, unlabeled_batch_size=bs)
     base.update(kw)
@@ -687,10 +759,12 @@ def recipe_config(name: str, method: Optional[str] = None, world: int = 1, **kw)
     if 'epochs' in r and 'iters' not in kw:
         if 'labeled' not in kw:
             raise ConfigError('data.labeled',
-                              f"recipe {name} sets its length from the number of unlabeled images: pass --labeled")
+                              f"recipe {name} sets its length from the number of unlabeled images: pass "
+                              "--labeled")
         n_u = r['pool'] - labeled_count(base['labeled'],
                                         r['pool'] if r.get('needs_split_dir') is None else 1464)
-        per_step = (base.get('unlabeled_batch_size') or base['batch_size']) * world * base.get('grad_accum', 1)
+        per_step = (base.get('unlabeled_batch_size') or base['batch_size']) * world * base.get('grad_accum',
+                                                                                               1)
         base['iters'] = r['epochs'] * math.ceil(n_u / per_step)
     if 'eval_every' not in kw and 'epochs' in r: base['eval_every'] = max(1, math.ceil(base['iters'] / 20))
     return make_config(method, **base)
@@ -699,17 +773,22 @@ def recipe_config(name: str, method: Optional[str] = None, world: int = 1, **kw)
 import argparse, dataclasses, inspect
 
 _OWN_FLAGS = {   # mkd-train's flags that are not config fields
-    'method': "the method, any registered one: sup, mt, cps, unimatch, mkd, mgd, ... [the recipe's or the file's, else sup]",
-    'recipe': "full-scale preset (RECIPES): voc-classic-r101, voc-blended-r101, cityscapes-r101, mkd-official, ...",
-    'config': "start from a run's config.json (or a TOML file with the same sections); other flags override it; "
+    'method': "the method, any registered one: sup, mt, cps, unimatch, mkd, mgd, ... [the recipe's or the "
+              "file's, else sup]",
+    'recipe': "full-scale preset (RECIPES): voc-classic-r101, voc-blended-r101, cityscapes-r101, "
+              "mkd-official, ...",
+    'config': "start from a run's config.json (or a TOML file with the same sections); other flags override "
+              "it; "
               "its out and resume are not taken",
-    'set': "config fields by name: name=value [name=value ...] or name=value,name2=value2; a comma followed by no "
+    'set': "config fields by name: name=value [name=value ...] or name=value,name2=value2; a comma followed "
+           "by no "
            "`name=` stays in the value, and list options also take + (feature_aug_on=students+teachers)",
     'nproc': "processes on this machine (command line: re-runs itself through torchrun) [1]",
 }
 
 def _field_comments(cls) -> dict:
-    """Each field's end-of-line comment in the source of `cls` or of the nearest base class that comments it, with
+    """Each field's end-of-line comment in the source of `cls` or of the nearest base class that comments it,
+    with
     the comment lines indented under it that continue it."""
     out = {}
     field_line = re.compile(r'^(\s+)(\w+)\s*:[^=\n]*=[^#\n]*#\s*(.+)$')
@@ -729,7 +808,8 @@ def _field_comments(cls) -> dict:
     return out
 
 def train_flags() -> dict:
-    "Every config field mkd-train takes, by name: {'section', 'field', 'help'}; the union of all methods' options."
+    """Every config field mkd-train takes, by name: {'section', 'field', 'help'}; the union of all methods'
+    options."""
     flags = {}
     for sec, cls in (('data', DataConfig), ('model', ModelConfig), ('train', TrainConfig)):
         notes = _field_comments(cls)
@@ -744,7 +824,8 @@ def train_flags() -> dict:
                                     dict(section='method', field=f, help=notes.get(f.name, ''), methods=[]))
             flag.setdefault('methods', []).append(name)
     for flag in flags.values():
-        if 'methods' in flag: flag['help'] = f"{flag['help']} (method option of {', '.join(flag['methods'])})".strip()
+        if 'methods' in flag:
+            flag['help'] = f"{flag['help']} (method option of {', '.join(flag['methods'])})".strip()
     return flags
 
 def _flag_type(field) -> callable:
@@ -761,21 +842,26 @@ def _flag_type(field) -> callable:
     return convert
 
 def train_parser() -> argparse.ArgumentParser:
-    "mkd-train's parser: its own flags, then one flag per config field (`--batch-size`, `--conf-thresh`, ...)."
-    p = argparse.ArgumentParser(prog='mkd-train', description="Train a segmentation network with a (semi-)supervised "
-                                "method; writes everything into --out. Flags left out take the recipe's, the file's or "
+    """mkd-train's parser: its own flags, then one flag per config field (`--batch-size`, `--conf-thresh`,
+    ...)."""
+    p = argparse.ArgumentParser(prog='mkd-train',
+                                description="Train a segmentation network with a (semi-)supervised "
+                                "method; writes everything into --out. Flags left out take the recipe's, the "
+                                "file's or "
                                 "the method's value, else the default in brackets.")
     for name, text in _OWN_FLAGS.items():
         kw = dict(nargs='+') if name == 'set' else dict(type=int, default=1) if name == 'nproc' else {}
         p.add_argument('--' + name, dest=name, help=text, **kw)
     for name, flag in train_flags().items():
-        bare = dict(nargs='?', const=True) if field_kind(flag['field'])[0] == 'bool' else {}   # `--skip-bad`: true
+        # `--skip-bad`: true
+        bare = dict(nargs='?', const=True) if field_kind(flag['field'])[0] == 'bool' else {}
         p.add_argument('--' + name.replace('_', '-'), dest=name, type=_flag_type(flag['field']),
                        help=flag['help'].replace('%', '%%'), **bare)
     return p
 
 def config_file_fields(path, method: Optional[str] = None) -> tuple:
-    "(method, dotted fields) of a run's config.json or a TOML file of the same sections, without `train.out`, `resume`."
+    """(method, dotted fields) of a run's config.json or a TOML file of the same sections, without
+    `train.out`, `resume`."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -791,25 +877,30 @@ def config_file_fields(path, method: Optional[str] = None) -> tuple:
     method = method or own
     out = {}
     for sec, values in stored.items():
-        if not isinstance(values, dict): raise ConfigError(sec,
-                                                           f"{path}: expected a section of name = value lines")
+        if not isinstance(values, dict):
+            raise ConfigError(sec, f"{path}: expected a section of name = value lines")
         if sec == 'method':
             if method != own: continue                  # the options of another method
-            values = Config.from_dict({'method': values}).to_dict()['method']   # a file of the one-union era, as it ran
+            # a file of the one-union era, as it ran
+            values = Config.from_dict({'method': values}).to_dict()['method']
         for k, v in values.items():
-            if (sec, k) not in (('method', 'name'), ('train', 'out'), ('train', 'resume')): out[f'{sec}.{k}'] = v
+            if (sec, k) not in (('method', 'name'), ('train', 'out'), ('train', 'resume')):
+                out[f'{sec}.{k}'] = v
     return method, out
 
-def mkd_train(method: Optional[str] = None, recipe: Optional[str] = None, config: Optional[str] = None, set=None,
-              nproc: int = 1, **fields):
-    "Train a segmentation network with a (semi-)supervised method; `fields`: config fields by name; writes into `out`."
+def mkd_train(method: Optional[str] = None, recipe: Optional[str] = None, config: Optional[str] = None,
+              set=None, nproc: int = 1, **fields):
+    """Train a segmentation network with a (semi-)supervised method; `fields`: config fields by name; writes
+    into `out`."""
     fields = {k: v for k, v in fields.items() if v is not None}
-    if 'labeled' not in fields and fields.get('dataset') == 'folder': fields['labeled'] = 'all'   # all images with masks
+    # all images with masks
+    if 'labeled' not in fields and fields.get('dataset') == 'folder': fields['labeled'] = 'all'
     fields.update(parse_overrides(set))
     rank, world, _ = dist_env()
     if nproc > 1 and world == 1:
         raise ConfigError('nproc',
-                          "a Python call runs in this one process: use the command line (mkd-train --nproc N) or torchrun")
+                          "a Python call runs in this one process: use the command line (mkd-train --nproc "
+                          "N) or torchrun")
     if config:
         method, stored = config_file_fields(config, method)
         given = {k.split('.')[-1] for k in fields}
