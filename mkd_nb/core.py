@@ -14,9 +14,9 @@ import torch
 
 # %% auto #0
 __all__ = ['IGNORE_INDEX', 'DATASETS', 'ARCHS', 'METHOD_REGISTRY', 'ConfigError', 'labeled_count', 'DataConfig', 'ModelConfig',
-           'TrainConfig', 'MethodHP', 'register_method', 'method_class', 'method_options', 'field_kind', 'Config',
-           'make_config', 'seed_everything', 'get_device', 'get_logger', 'cli_parser', 'cli_parse', 'cli_main',
-           'NotebookFigure']
+           'TrainConfig', 'MethodHP', 'register_method', 'restore_methods', 'method_class', 'method_options',
+           'field_kind', 'Config', 'make_config', 'seed_everything', 'get_device', 'get_logger', 'cli_parser',
+           'cli_parse', 'cli_main', 'NotebookFigure']
 
 # %% ../nbs/00_core.ipynb #e89e694d
 IGNORE_INDEX = 255  # every dataset maps its void value here; losses and metrics skip it
@@ -120,6 +120,7 @@ class TrainConfig:
 
 # %% ../nbs/00_core.ipynb #185c9093
 METHOD_REGISTRY = {}   # method name -> its class (a `Method` of 08_methods); filled by `@register_method`
+_PACKAGED = {}         # method name -> the class a module of the package registered (see `restore_methods`)
 
 @dataclass
 class MethodHP:
@@ -156,7 +157,16 @@ def register_method(cls):
         hp = cls.HP = dataclass(type(f'{cls.__name__}HP', (base,), {'__module__': cls.__module__}))
     hp.method_name = cls.name
     METHOD_REGISTRY[cls.name] = cls
+    if cls.__module__.startswith('mkd_nb.'): _PACKAGED.setdefault(cls.name, cls)
     return cls
+
+def restore_methods():
+    """The registry as importing the package left it. A notebook that defines a method re-registers it, so that
+    its own cells use the class it shows; nbdev_test may run the next notebook in the same process, so such a
+    notebook calls this last."""
+    for name, cls in list(METHOD_REGISTRY.items()):
+        if name in _PACKAGED: METHOD_REGISTRY[name] = _PACKAGED[name]
+        elif cls.__module__ == '__main__': del METHOD_REGISTRY[name]
 
 def method_class(name: str):
     "The registered method class called `name`."
