@@ -732,7 +732,12 @@ def recipe_values(name: str, method: Optional[str] = None) -> dict:
         raise ConfigError('recipe', f"unknown recipe {name!r}; valid: {', '.join(RECIPES)}")
     r, out = RECIPES[name], {}
     for part in r.get('parts', ()): out.update(RECIPE_PARTS[part])
-    return dict(out, **r['cfg'], **r.get('per_method', {}).get(method, {}))
+    values = dict(out, **r['cfg'], **r.get('per_method', {}).get(method, {}))
+    if method is None: return values
+    # a recipe's method options reach the methods that have them (MKD's boxes reach CPS, not supervised)
+    own = set(method_options(method)) | {f.name for section in (DataConfig, ModelConfig, TrainConfig)
+                                         for f in dataclasses.fields(section)}
+    return {name: value for name, value in values.items() if name in own}
 
 def recipe_config(name: str, method: Optional[str] = None, world: int = 1, **kw) -> Config:
     """The `Config` of recipe `name` for `method` on `world` processes; keyword arguments (explicit flags)

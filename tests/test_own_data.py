@@ -12,7 +12,6 @@ from PIL import Image
 
 import mkd_nb.train as train_mod
 import mkd_nb.cli as cli
-import mkd_nb.export as export_mod
 from mkd_nb.data import folder, read_split
 from mkd_nb.loader import build_data
 from mkd_nb.models import load_checkpoint
@@ -98,7 +97,7 @@ def test_own_folder_end_to_end(tmp_path, monkeypatch, capsys):
     # mkd-export: a deployable model of the evaluated network, checked against PyTorch
     formats = ['torchscript'] + (['onnx'] if _has('onnxruntime') and _has('onnx') else [])
     for fmt in formats:
-        assert _main(monkeypatch, export_mod.main, ['--ckpt', run / 'best.pt', '--format', fmt, '--size', 32, 64, '--runs', 2,
+        assert _main(monkeypatch, cli.main_export, ['--ckpt', run / 'best.pt', '--format', fmt, '--size', 32, 64, '--runs', 2,
                                                     '--json-out', run / f'export_{fmt}.json']) == 0
         res = json.loads((run / f'export_{fmt}.json').read_text())
         assert res['max_abs_diff'] < 1e-3 and res['size'] == [32, 64] and Path(res['path']).is_file()
