@@ -735,6 +735,7 @@ def recipe_values(name: str, method: Optional[str] = None) -> dict:
     values = dict(out, **r['cfg'], **r.get('per_method', {}).get(method, {}))
     if method is None: return values
     # a recipe's method options reach the methods that have them (MKD's boxes reach CPS, not supervised)
+    import dataclasses
     own = set(method_options(method)) | {f.name for section in (DataConfig, ModelConfig, TrainConfig)
                                          for f in dataclasses.fields(section)}
     return {name: value for name, value in values.items() if name in own}
